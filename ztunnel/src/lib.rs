@@ -1,0 +1,9 @@
+//! `ztunnel`: an Istio-ambient-compatible node proxy.
+//!
+//! See `ARCHITECTURE.md` at the repository root for the data flow of one connection.
+
+pub mod identity;
+pub mod proxy;
+pub mod rbac;
+pub mod state;
+pub mod tls;

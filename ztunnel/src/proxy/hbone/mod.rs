@@ -1,0 +1,1 @@
+//! HBONE: HTTP/2 CONNECT tunnels (client, server, headers).

@@ -1,0 +1,3 @@
+//! The data path: listeners, outbound, inbound, HBONE and the connection pool.
+
+pub mod hbone;

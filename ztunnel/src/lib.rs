@@ -3,7 +3,11 @@
 //! See `ARCHITECTURE.md` at the repository root for the data flow of one connection.
 
 pub mod identity;
+pub mod localconfig;
 pub mod proxy;
 pub mod rbac;
 pub mod state;
 pub mod tls;
+
+#[cfg(feature = "testing")]
+pub mod test_helpers;

@@ -1,3 +1,4 @@
 //! The data path: listeners, outbound, inbound, HBONE and the connection pool.
 
 pub mod hbone;
+pub mod pool;

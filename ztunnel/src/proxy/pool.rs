@@ -1,0 +1,1 @@
+//! The HBONE connection pool.

@@ -2,10 +2,13 @@
 //!
 //! See `ARCHITECTURE.md` at the repository root for the data flow of one connection.
 
+pub mod config;
+pub mod drain;
 pub mod identity;
 pub mod localconfig;
 pub mod proxy;
 pub mod rbac;
+pub mod socket;
 pub mod state;
 pub mod tls;
 

@@ -1,0 +1,632 @@
+//! Typed configuration, read from environment variables with Istio ztunnel's names.
+//!
+//! Parsing goes through [`Source`] so tests inject a map instead of mutating the process
+//! environment. Every bad value is an [`Error`] naming the variable, the value and why.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// Environment variable names (Istio's where Istio has one).
+pub mod env {
+    /// Path of the local YAML config (workloads, services, policies).
+    pub const LOCAL_XDS_PATH: &str = "LOCAL_XDS_PATH";
+    /// xDS server address; empty disables xDS.
+    pub const XDS_ADDRESS: &str = "XDS_ADDRESS";
+    /// Istio CA address; empty selects the local CA.
+    pub const CA_ADDRESS: &str = "CA_ADDRESS";
+    /// Directory of the local (plug-in layout) CA.
+    pub const LOCAL_CA_DIR: &str = "LOCAL_CA_DIR";
+    /// `shared` or `dedicated`.
+    pub const PROXY_MODE: &str = "PROXY_MODE";
+    /// `<namespace>/<name>/<service account>` of the workload a dedicated proxy serves.
+    pub const PROXY_WORKLOAD_INFO: &str = "PROXY_WORKLOAD_INFO";
+    /// Name of the node this proxy runs on.
+    pub const NODE_NAME: &str = "NODE_NAME";
+    /// Cluster id.
+    pub const CLUSTER_ID: &str = "CLUSTER_ID";
+    /// Overrides `CLUSTER_ID`.
+    pub const ISTIO_META_CLUSTER_ID: &str = "ISTIO_META_CLUSTER_ID";
+    /// Trust domain of the proxy's own identity.
+    pub const TRUST_DOMAIN: &str = "TRUST_DOMAIN";
+    /// Network of this proxy.
+    pub const NETWORK: &str = "NETWORK";
+    /// Enables the SOCKS5 listener on 15080.
+    pub const UNSTABLE_ENABLE_SOCKS5: &str = "UNSTABLE_ENABLE_SOCKS5";
+    /// Streams per pooled HBONE connection.
+    pub const POOL_MAX_STREAMS_PER_CONNECTION: &str = "POOL_MAX_STREAMS_PER_CONNECTION";
+    /// Idle time after which a pooled connection is released.
+    pub const POOL_UNUSED_RELEASE_TIMEOUT: &str = "POOL_UNUSED_RELEASE_TIMEOUT";
+    /// HTTP/2 stream window.
+    pub const HTTP2_STREAM_WINDOW_SIZE: &str = "HTTP2_STREAM_WINDOW_SIZE";
+    /// HTTP/2 connection window.
+    pub const HTTP2_CONNECTION_WINDOW_SIZE: &str = "HTTP2_CONNECTION_WINDOW_SIZE";
+    /// HTTP/2 max frame size.
+    pub const HTTP2_FRAME_SIZE: &str = "HTTP2_FRAME_SIZE";
+    /// Workload certificate lifetime.
+    pub const SECRET_TTL: &str = "SECRET_TTL";
+    /// Keep the client's source IP toward the app: unset = best effort, true = required.
+    pub const ENABLE_ORIG_SRC: &str = "ENABLE_ORIG_SRC";
+    /// SO_MARK of every socket the proxy opens.
+    pub const PACKET_MARK: &str = "PACKET_MARK";
+    /// How long draining connections may finish after shutdown starts.
+    pub const CONNECTION_TERMINATION_DEADLINE: &str = "CONNECTION_TERMINATION_DEADLINE";
+    /// Kubernetes pod termination grace period; derives the termination deadline.
+    pub const TERMINATION_GRACE_PERIOD_SECONDS: &str = "TERMINATION_GRACE_PERIOD_SECONDS";
+    /// Listen on IPv6 too.
+    pub const IPV6_ENABLED: &str = "IPV6_ENABLED";
+    /// Log filter.
+    pub const RUST_LOG: &str = "RUST_LOG";
+    /// `json` for JSON logs.
+    pub const LOG_FORMAT: &str = "LOG_FORMAT";
+}
+
+/// Where configuration values come from.
+pub trait Source {
+    /// The value of `key`, if set.
+    fn get(&self, key: &str) -> Option<String>;
+}
+
+/// The process environment.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct EnvSource;
+
+impl Source for EnvSource {
+    fn get(&self, key: &str) -> Option<String> {
+        std::env::var(key).ok()
+    }
+}
+
+impl Source for HashMap<String, String> {
+    fn get(&self, key: &str) -> Option<String> {
+        HashMap::get(self, key).cloned()
+    }
+}
+
+impl Source for HashMap<&str, &str> {
+    fn get(&self, key: &str) -> Option<String> {
+        HashMap::get(self, key).map(|v| v.to_string())
+    }
+}
+
+/// A configuration error.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A variable has a value that does not parse.
+    #[error("invalid value {value:?} for {var}: {reason}")]
+    InvalidVar {
+        /// The variable.
+        var: &'static str,
+        /// Its value.
+        value: String,
+        /// Why it is wrong.
+        reason: String,
+    },
+    /// A combination of variables is invalid.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// `shared` (one proxy for every pod of the node) or `dedicated` (one workload).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyMode {
+    /// Serves every enrolled pod of the node (needs the node agent).
+    Shared,
+    /// Serves the one workload of its own network namespace.
+    Dedicated,
+}
+
+impl FromStr for ProxyMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "shared" => Ok(ProxyMode::Shared),
+            "dedicated" => Ok(ProxyMode::Dedicated),
+            _ => Err("expected shared or dedicated".into()),
+        }
+    }
+}
+
+/// The workload a dedicated proxy serves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadInfo {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// Service account.
+    pub service_account: String,
+}
+
+impl FromStr for WorkloadInfo {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let parts: Vec<&str> = s.split('/').collect();
+        match parts.as_slice() {
+            [ns, name, sa] if !ns.is_empty() && !name.is_empty() && !sa.is_empty() => {
+                Ok(WorkloadInfo {
+                    namespace: ns.to_string(),
+                    name: name.to_string(),
+                    service_account: sa.to_string(),
+                })
+            }
+            _ => Err("expected <namespace>/<name>/<service account>".into()),
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "" | "text" | "plain" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err("expected text or json".into()),
+        }
+    }
+}
+
+/// Where certificates come from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum CaSource {
+    /// Sign locally with the plug-in CA in this directory (created if empty).
+    Local(PathBuf),
+    /// Ask an Istio CA at this address.
+    Istio(String),
+}
+
+/// Whether to spoof the client's source IP toward the application.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum OrigSrc {
+    /// Try, fall back to the proxy's own address (unset).
+    BestEffort,
+    /// Required: fail start-up if not possible.
+    Required,
+    /// Never.
+    Disabled,
+}
+
+/// HTTP/2 settings for HBONE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Http2Config {
+    /// Initial stream window.
+    pub stream_window: u32,
+    /// Initial connection window.
+    pub connection_window: u32,
+    /// Max frame size.
+    pub frame_size: u32,
+}
+
+/// The proxy's complete, validated configuration.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Config {
+    /// Shared or dedicated.
+    pub proxy_mode: ProxyMode,
+    /// The workload served in dedicated mode.
+    pub proxy_workload_info: Option<WorkloadInfo>,
+    /// Node name (required to find local workloads).
+    pub node_name: String,
+    /// Cluster id.
+    pub cluster_id: String,
+    /// Trust domain of the proxy's own identity.
+    pub trust_domain: String,
+    /// Network of this proxy (empty = default network).
+    pub network: String,
+    /// Local YAML config, watched for changes.
+    pub local_xds_path: Option<PathBuf>,
+    /// xDS server; `None` disables xDS.
+    pub xds_address: Option<String>,
+    /// Certificate source.
+    pub ca: CaSource,
+    /// Workload certificate lifetime.
+    #[serde(with = "duration_str")]
+    pub secret_ttl: Duration,
+    /// SOCKS5 listener enabled.
+    pub enable_socks5: bool,
+    /// Streams per pooled HBONE connection.
+    pub pool_max_streams_per_connection: u32,
+    /// Idle time after which a pooled connection is released.
+    #[serde(with = "duration_str")]
+    pub pool_unused_release_timeout: Duration,
+    /// HTTP/2 settings.
+    pub http2: Http2Config,
+    /// Source IP preservation toward the app.
+    pub orig_src: OrigSrc,
+    /// SO_MARK on every socket the proxy opens (`None` = unmarked).
+    pub packet_mark: Option<u32>,
+    /// Deadline for draining connections at shutdown.
+    #[serde(with = "duration_str")]
+    pub termination_deadline: Duration,
+    /// Outbound capture listener (15001).
+    pub outbound_addr: SocketAddr,
+    /// Inbound plaintext capture listener (15006).
+    pub inbound_plaintext_addr: SocketAddr,
+    /// Inbound HBONE listener (15008).
+    pub inbound_addr: SocketAddr,
+    /// SOCKS5 listener (15080).
+    pub socks5_addr: SocketAddr,
+    /// Admin listener (15000, localhost).
+    pub admin_addr: SocketAddr,
+    /// Readiness listener (15021).
+    pub readiness_addr: SocketAddr,
+    /// Outbound upstream connect timeout.
+    #[serde(with = "duration_str")]
+    pub connect_timeout: Duration,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// How often the local config file is checked for changes.
+    #[serde(with = "duration_str")]
+    pub local_config_poll: Duration,
+}
+
+mod duration_str {
+    use std::time::Duration;
+
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!("{}s", d.as_secs_f64()))
+    }
+}
+
+/// Parses a duration: `500ms`, `10s`, `5m`, `24h`, `1h30m`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Err("empty duration".into());
+    }
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or("missing unit (ms, s, m, h)")?;
+        if digits == 0 {
+            return Err("expected a number".into());
+        }
+        let value: f64 = rest[..digits].parse().map_err(|_| "bad number")?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let unit = match &rest[..unit_len] {
+            "ms" => 0.001,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            other => return Err(format!("unknown unit {other:?} (ms, s, m, h)")),
+        };
+        total += Duration::from_secs_f64(value * unit);
+        rest = &rest[unit_len..];
+    }
+    Ok(total)
+}
+
+fn parse_bool(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err("expected true or false".into()),
+    }
+}
+
+fn parse_u32(s: &str) -> Result<u32, String> {
+    let s = s.trim();
+    let parsed = if let Some(hex) = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        u32::from_str_radix(hex, 16)
+    } else {
+        s.parse()
+    };
+    parsed.map_err(|e| e.to_string())
+}
+
+/// Reads a variable and parses it, naming the variable and value in any error.
+fn var<T>(
+    src: &dyn Source,
+    var: &'static str,
+    parse: impl FnOnce(&str) -> Result<T, String>,
+) -> Result<Option<T>, Error> {
+    match src.get(var) {
+        None => Ok(None),
+        Some(value) => {
+            parse(&value)
+                .map(Some)
+                .map_err(|reason| Error::InvalidVar { var, value, reason })
+        }
+    }
+}
+
+/// A non-empty string variable.
+fn string(src: &dyn Source, name: &'static str) -> Option<String> {
+    src.get(name).filter(|s| !s.is_empty())
+}
+
+fn wildcard(ipv6: bool, port: u16) -> SocketAddr {
+    if ipv6 {
+        SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port)
+    } else {
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port)
+    }
+}
+
+fn localhost(port: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
+}
+
+impl Config {
+    /// Reads and validates the configuration from `src`.
+    pub fn from_source(src: &dyn Source) -> Result<Config, Error> {
+        let proxy_mode =
+            var(src, env::PROXY_MODE, ProxyMode::from_str)?.unwrap_or(ProxyMode::Shared);
+        let proxy_workload_info = var(src, env::PROXY_WORKLOAD_INFO, WorkloadInfo::from_str)?;
+        let ipv6 = var(src, env::IPV6_ENABLED, parse_bool)?.unwrap_or(true);
+
+        let ca = match string(src, env::CA_ADDRESS) {
+            Some(addr) => CaSource::Istio(addr),
+            None => CaSource::Local(
+                string(src, env::LOCAL_CA_DIR)
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| PathBuf::from("./var/run/ztunnel/ca")),
+            ),
+        };
+
+        let termination_deadline =
+            match var(src, env::CONNECTION_TERMINATION_DEADLINE, parse_duration)? {
+                Some(d) => d,
+                None => match var(src, env::TERMINATION_GRACE_PERIOD_SECONDS, |s| {
+                    s.parse::<u64>().map_err(|e| e.to_string())
+                })? {
+                    // Leave the kubelet time to kill us after the drain, as Istio does.
+                    Some(tgps) if tgps > 10 => Duration::from_secs(tgps - 5),
+                    Some(tgps) => Duration::from_secs(tgps.saturating_sub(1).max(1)),
+                    None => Duration::from_secs(5),
+                },
+            };
+
+        let http2 = Http2Config {
+            stream_window: var(src, env::HTTP2_STREAM_WINDOW_SIZE, parse_u32)?.unwrap_or(4 << 20),
+            connection_window: var(src, env::HTTP2_CONNECTION_WINDOW_SIZE, parse_u32)?
+                .unwrap_or(16 << 20),
+            frame_size: var(src, env::HTTP2_FRAME_SIZE, parse_u32)?.unwrap_or(1 << 20),
+        };
+
+        let cfg = Config {
+            proxy_mode,
+            proxy_workload_info,
+            node_name: src.get(env::NODE_NAME).unwrap_or_default(),
+            cluster_id: string(src, env::ISTIO_META_CLUSTER_ID)
+                .or_else(|| string(src, env::CLUSTER_ID))
+                .unwrap_or_else(|| "Kubernetes".into()),
+            trust_domain: string(src, env::TRUST_DOMAIN).unwrap_or_else(|| "cluster.local".into()),
+            network: src.get(env::NETWORK).unwrap_or_default(),
+            local_xds_path: string(src, env::LOCAL_XDS_PATH).map(PathBuf::from),
+            xds_address: string(src, env::XDS_ADDRESS),
+            ca,
+            secret_ttl: var(src, env::SECRET_TTL, parse_duration)?
+                .unwrap_or(Duration::from_secs(24 * 3600)),
+            enable_socks5: var(src, env::UNSTABLE_ENABLE_SOCKS5, parse_bool)?.unwrap_or(false),
+            pool_max_streams_per_connection: var(
+                src,
+                env::POOL_MAX_STREAMS_PER_CONNECTION,
+                parse_u32,
+            )?
+            .unwrap_or(100),
+            pool_unused_release_timeout: var(
+                src,
+                env::POOL_UNUSED_RELEASE_TIMEOUT,
+                parse_duration,
+            )?
+            .unwrap_or(Duration::from_secs(300)),
+            http2,
+            orig_src: match var(src, env::ENABLE_ORIG_SRC, parse_bool)? {
+                None => OrigSrc::BestEffort,
+                Some(true) => OrigSrc::Required,
+                Some(false) => OrigSrc::Disabled,
+            },
+            packet_mark: Some(var(src, env::PACKET_MARK, parse_u32)?.unwrap_or(1337)),
+            termination_deadline,
+            outbound_addr: wildcard(ipv6, 15001),
+            inbound_plaintext_addr: wildcard(ipv6, 15006),
+            inbound_addr: wildcard(ipv6, 15008),
+            socks5_addr: localhost(15080),
+            admin_addr: localhost(15000),
+            readiness_addr: wildcard(ipv6, 15021),
+            connect_timeout: Duration::from_secs(10),
+            log_format: var(src, env::LOG_FORMAT, LogFormat::from_str)?.unwrap_or(LogFormat::Text),
+            local_config_poll: Duration::from_millis(250),
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Cross-field checks.
+    pub fn validate(&self) -> Result<(), Error> {
+        match self.proxy_mode {
+            ProxyMode::Dedicated if self.proxy_workload_info.is_none() => {
+                return Err(Error::Invalid(format!(
+                    "{} is required when {}=dedicated",
+                    env::PROXY_WORKLOAD_INFO,
+                    env::PROXY_MODE
+                )));
+            }
+            ProxyMode::Shared => {
+                return Err(Error::Invalid(format!(
+                    "{}=shared (the in-pod mode driven by the node agent) is not available yet; \
+                     use {}=dedicated with {}",
+                    env::PROXY_MODE,
+                    env::PROXY_MODE,
+                    env::PROXY_WORKLOAD_INFO
+                )));
+            }
+            ProxyMode::Dedicated => {}
+        }
+        if let Some(addr) = &self.xds_address {
+            return Err(Error::Invalid(format!(
+                "{}={addr:?}: the xDS client is not available yet; set {} to a local config file and leave {} empty",
+                env::XDS_ADDRESS,
+                env::LOCAL_XDS_PATH,
+                env::XDS_ADDRESS
+            )));
+        }
+        if self.local_xds_path.is_none() {
+            return Err(Error::Invalid(format!(
+                "no configuration source: set {} (xDS is not available yet)",
+                env::LOCAL_XDS_PATH
+            )));
+        }
+        if let CaSource::Istio(addr) = &self.ca {
+            return Err(Error::Invalid(format!(
+                "{}={addr:?}: the Istio CA client is not available yet; leave it empty and set {}",
+                env::CA_ADDRESS,
+                env::LOCAL_CA_DIR
+            )));
+        }
+        if self.pool_max_streams_per_connection == 0 {
+            return Err(Error::InvalidVar {
+                var: env::POOL_MAX_STREAMS_PER_CONNECTION,
+                value: "0".into(),
+                reason: "must be at least 1".into(),
+            });
+        }
+        if self.http2.frame_size < 16_384 || self.http2.frame_size > 16_777_215 {
+            return Err(Error::InvalidVar {
+                var: env::HTTP2_FRAME_SIZE,
+                value: self.http2.frame_size.to_string(),
+                reason: "must be between 16384 and 16777215".into(),
+            });
+        }
+        if self.secret_ttl < Duration::from_secs(60) {
+            return Err(Error::InvalidVar {
+                var: env::SECRET_TTL,
+                value: format!("{:?}", self.secret_ttl),
+                reason: "must be at least 1m".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The workload served in dedicated mode (validated to exist then).
+    pub fn workload_info(&self) -> Option<&WorkloadInfo> {
+        self.proxy_workload_info.as_ref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> HashMap<&'static str, &'static str> {
+        HashMap::from([
+            (env::PROXY_MODE, "dedicated"),
+            (env::PROXY_WORKLOAD_INFO, "default/echo/echo-sa"),
+            (env::LOCAL_XDS_PATH, "/tmp/x.yaml"),
+            (env::LOCAL_CA_DIR, "/tmp/ca"),
+        ])
+    }
+
+    #[test]
+    fn defaults() {
+        let cfg = Config::from_source(&base()).unwrap();
+        assert_eq!(cfg.proxy_mode, ProxyMode::Dedicated);
+        assert_eq!(cfg.packet_mark, Some(1337));
+        assert_eq!(cfg.pool_max_streams_per_connection, 100);
+        assert_eq!(cfg.termination_deadline, Duration::from_secs(5));
+        assert_eq!(cfg.http2.stream_window, 4 << 20);
+        assert_eq!(cfg.inbound_addr.port(), 15008);
+        assert_eq!(cfg.ca, CaSource::Local("/tmp/ca".into()));
+        assert_eq!(cfg.cluster_id, "Kubernetes");
+        let info = cfg.workload_info().unwrap();
+        assert_eq!(info.service_account, "echo-sa");
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        for (var, value) in [
+            (env::PROXY_MODE, "sidecar"),
+            (env::PROXY_WORKLOAD_INFO, "default/echo"),
+            (env::POOL_MAX_STREAMS_PER_CONNECTION, "many"),
+            (env::SECRET_TTL, "1 day"),
+            (env::PACKET_MARK, "0xzz"),
+            (env::UNSTABLE_ENABLE_SOCKS5, "maybe"),
+            (env::LOG_FORMAT, "xml"),
+            (env::CONNECTION_TERMINATION_DEADLINE, "soon"),
+        ] {
+            let mut src = base();
+            src.insert(var, value);
+            let err = Config::from_source(&src).unwrap_err().to_string();
+            assert!(err.contains(var), "{err}");
+            assert!(err.contains(value), "{err}");
+        }
+    }
+
+    #[test]
+    fn cross_field_validation() {
+        let mut src = base();
+        src.remove(env::PROXY_WORKLOAD_INFO);
+        assert!(
+            Config::from_source(&src)
+                .unwrap_err()
+                .to_string()
+                .contains(env::PROXY_WORKLOAD_INFO)
+        );
+        let mut src = base();
+        src.insert(env::POOL_MAX_STREAMS_PER_CONNECTION, "0");
+        assert!(Config::from_source(&src).is_err());
+        let mut src = base();
+        src.insert(env::XDS_ADDRESS, "https://istiod:15012");
+        assert!(
+            Config::from_source(&src)
+                .unwrap_err()
+                .to_string()
+                .contains(env::XDS_ADDRESS)
+        );
+    }
+
+    #[test]
+    fn overrides() {
+        let mut src = base();
+        src.insert(env::PACKET_MARK, "0x111");
+        src.insert(env::POOL_UNUSED_RELEASE_TIMEOUT, "90s");
+        src.insert(env::TERMINATION_GRACE_PERIOD_SECONDS, "30");
+        src.insert(env::ENABLE_ORIG_SRC, "false");
+        src.insert(env::ISTIO_META_CLUSTER_ID, "c1");
+        let cfg = Config::from_source(&src).unwrap();
+        assert_eq!(cfg.packet_mark, Some(0x111));
+        assert_eq!(cfg.pool_unused_release_timeout, Duration::from_secs(90));
+        assert_eq!(cfg.termination_deadline, Duration::from_secs(25));
+        assert_eq!(cfg.orig_src, OrigSrc::Disabled);
+        assert_eq!(cfg.cluster_id, "c1");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86400));
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("15").unwrap(), Duration::from_secs(15));
+        for bad in ["", "s", "10x", "h1", "1.2.3s"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -2,6 +2,7 @@
 //!
 //! See `ARCHITECTURE.md` at the repository root for the data flow of one connection.
 
+pub mod app;
 pub mod config;
 pub mod drain;
 pub mod identity;

@@ -1,1 +1,3 @@
 //! Test helpers (feature `testing`): never part of a production build.
+
+pub mod netns;

@@ -1,0 +1,260 @@
+//! Inbound: HBONE on 15008 (mTLS + HTTP/2 CONNECT) and captured plaintext on 15006.
+//! Both authorize with L4 policy and deliver to the local workload, keeping the client's
+//! source IP when the proxy may spoof it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::HeaderMap;
+use mesh_core::Identity;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, info, warn};
+
+use super::error::ProxyError;
+use super::hbone::headers::{self, Authority};
+use super::hbone::{self, IncomingConnect};
+use super::{ProxyInputs, copy, is_illegal_port};
+use crate::drain::Drain;
+use crate::identity::BoxFuture;
+use crate::proxy::listener::Handler;
+use crate::rbac::RbacConnection;
+use crate::socket::canonical;
+use crate::state::{ProxyState, Workload};
+use crate::tls;
+
+/// The HBONE listener's handler.
+pub struct InboundHbone {
+    pub(crate) inputs: Arc<ProxyInputs>,
+    pub(crate) drain: Drain,
+}
+
+impl Handler for InboundHbone {
+    fn handle(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            let peer = canonical(peer);
+            if let Err(e) = self.serve(stream, peer).await {
+                warn!(target: "access", direction = "inbound", src.addr = %peer, error = %e, "connection failed");
+            }
+        })
+    }
+}
+
+impl InboundHbone {
+    async fn serve(&self, stream: TcpStream, peer: SocketAddr) -> Result<(), ProxyError> {
+        let local = canonical(stream.local_addr()?);
+        let workload = self.inputs.local_workload().await?;
+        let cert = self.inputs.certs.fetch_certificate(&workload.identity()).await?;
+        let config = self.inputs.server_config(&cert)?;
+        let tls = TlsAcceptor::from(config)
+            .accept(stream)
+            .await
+            .map_err(|source| ProxyError::TlsHandshake { peer, source })?;
+        let peer_identity = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|certs| tls::peer_identity(certs));
+        debug!(src.identity = ?peer_identity, "hbone connection established");
+        let inputs = self.inputs.clone();
+        hbone::serve(tls, &self.inputs.h2, self.drain.stop_accepting.clone(), move |req| {
+            let inputs = inputs.clone();
+            let peer_identity = peer_identity.clone();
+            async move { handle_connect(inputs, req, peer, local, peer_identity).await }
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+/// Where an inbound CONNECT goes on this workload.
+fn resolve_target(
+    state: &ProxyState,
+    workload: &Workload,
+    authority: &str,
+    local: SocketAddr,
+) -> Result<SocketAddr, ProxyError> {
+    let parsed = headers::parse_authority(authority).map_err(|_| ProxyError::BadAuthority(authority.to_string()))?;
+    let port = match parsed {
+        Authority::Ip(addr) => {
+            let addr = canonical(addr);
+            if addr.ip() != local.ip() && workload.application_tunnel.is_none() {
+                return Err(ProxyError::IpMismatch {
+                    authority: authority.to_string(),
+                    local,
+                });
+            }
+            addr.port()
+        }
+        Authority::Hostname { host, port } => {
+            let svc = state
+                .service_by_hostname(&host, &workload.namespace)
+                .ok_or_else(|| ProxyError::NoTargetPort(authority.to_string()))?;
+            workload
+                .services
+                .get(&svc.namespaced_hostname())
+                .and_then(|ports| ports.get(&port).copied())
+                .filter(|p| *p != 0)
+                .or_else(|| svc.ports.get(&port).copied().filter(|p| *p != 0))
+                .ok_or_else(|| ProxyError::NoTargetPort(authority.to_string()))?
+        }
+    };
+    let target = SocketAddr::new(local.ip(), port);
+    if is_illegal_port(port) {
+        return Err(ProxyError::SelfCall(target));
+    }
+    Ok(target)
+}
+
+async fn handle_connect(
+    inputs: Arc<ProxyInputs>,
+    req: IncomingConnect,
+    peer: SocketAddr,
+    local: SocketAddr,
+    peer_identity: Option<Identity>,
+) {
+    let start = Instant::now();
+    let authority = req.authority().to_string();
+    let result = async {
+        let workload = inputs.local_workload().await?;
+        let state = inputs.state.snapshot();
+        let dst = resolve_target(&state, &workload, &authority, local)?;
+        let conn = RbacConnection {
+            src: peer,
+            src_identity: peer_identity.clone(),
+            dst,
+            dst_network: inputs.cfg.network.clone(),
+        };
+        // Register before checking so a policy change in between is not missed.
+        let guard = inputs.connections.register(conn.clone(), workload.uid.clone());
+        state.assert_rbac(&workload, &conn)?;
+        drop(state);
+        let upstream = inputs.connect_local(dst, peer).await?;
+        Ok::<_, ProxyError>((workload, dst, guard, upstream))
+    }
+    .await;
+
+    let (workload, dst, guard, mut upstream) = match result {
+        Ok(ok) => ok,
+        Err(e) => {
+            warn!(
+                target: "access", direction = "inbound",
+                src.addr = %peer,
+                src.identity = peer_identity.as_ref().map(|i| i.to_string()),
+                dst.addr = %local,
+                dst.hbone_addr = %authority,
+                response_flags = e.response_flag(),
+                error = %e,
+                "connection complete"
+            );
+            req.respond_error(e.status());
+            return;
+        }
+    };
+    let mut resp_headers = HeaderMap::new();
+    if let Ok(v) = headers::Baggage::from_workload(&workload, &inputs.cfg.cluster_id).to_header() {
+        resp_headers.insert(headers::BAGGAGE, v);
+    }
+    let mut tunnel = match req.accept(resp_headers) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(target: "access", direction = "inbound", src.addr = %peer, error = %e, "connection failed");
+            return;
+        }
+    };
+    let res = copy::bidirectional(&mut tunnel, &mut upstream, Some(&guard.revoked)).await;
+    log_inbound(peer, peer_identity.as_ref(), dst, Some(&authority), &workload, start, res);
+}
+
+fn log_inbound(
+    peer: SocketAddr,
+    peer_identity: Option<&Identity>,
+    dst: SocketAddr,
+    hbone_addr: Option<&str>,
+    workload: &Workload,
+    start: Instant,
+    res: Result<(u64, u64), ProxyError>,
+) {
+    let duration = format!("{}ms", start.elapsed().as_millis());
+    let src_identity = peer_identity.map(|i| i.to_string());
+    match res {
+        Ok((recv, sent)) => info!(
+            target: "access", direction = "inbound",
+            src.addr = %peer,
+            src.identity = src_identity,
+            dst.addr = %dst,
+            dst.hbone_addr = hbone_addr,
+            dst.workload = %workload.name,
+            dst.namespace = %workload.namespace,
+            dst.identity = %workload.identity(),
+            bytes_sent = sent,
+            bytes_recv = recv,
+            duration,
+            "connection complete"
+        ),
+        Err(e) => tracing::error!(
+            target: "access", direction = "inbound",
+            src.addr = %peer,
+            src.identity = src_identity,
+            dst.addr = %dst,
+            dst.hbone_addr = hbone_addr,
+            dst.workload = %workload.name,
+            dst.identity = %workload.identity(),
+            response_flags = e.response_flag(),
+            duration,
+            error = %e,
+            "connection complete"
+        ),
+    }
+}
+
+/// Captured plaintext inbound (15006): allowed unless policy (e.g. STRICT) denies it.
+pub struct InboundPlaintext {
+    pub(crate) inputs: Arc<ProxyInputs>,
+}
+
+impl Handler for InboundPlaintext {
+    fn handle(self: Arc<Self>, mut stream: TcpStream, peer: SocketAddr) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            let start = Instant::now();
+            let peer = canonical(peer);
+            let result = async {
+                let dst = self
+                    .inputs
+                    .orig_dst
+                    .original_dst(&stream)
+                    .map_err(ProxyError::OriginalDst)?;
+                if is_illegal_port(dst.port()) {
+                    return Err(ProxyError::SelfCall(dst));
+                }
+                let workload = self.inputs.local_workload().await?;
+                let conn = RbacConnection {
+                    src: peer,
+                    src_identity: None,
+                    dst,
+                    dst_network: self.inputs.cfg.network.clone(),
+                };
+                let guard = self.inputs.connections.register(conn.clone(), workload.uid.clone());
+                self.inputs.state.snapshot().assert_rbac(&workload, &conn)?;
+                let upstream = self.inputs.connect_local(dst, peer).await?;
+                Ok((workload, dst, guard, upstream))
+            }
+            .await;
+            match result {
+                Ok((workload, dst, guard, mut upstream)) => {
+                    let res = copy::bidirectional(&mut stream, &mut upstream, Some(&guard.revoked)).await;
+                    log_inbound(peer, None, dst, None, &workload, start, res);
+                }
+                Err(e) => warn!(
+                    target: "access", direction = "inbound",
+                    src.addr = %peer,
+                    connection_security_policy = "unknown",
+                    response_flags = e.response_flag(),
+                    error = %e,
+                    "connection complete"
+                ),
+            }
+        })
+    }
+}

@@ -1,0 +1,255 @@
+//! Outbound (15001, and SOCKS5): a pod's captured connection goes to its destination in an
+//! HBONE tunnel when the destination is in the mesh, or as plain TCP when it is not.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::HeaderMap;
+use mesh_core::Identity;
+use tokio::net::TcpStream;
+use tracing::{debug, info, warn};
+
+use super::error::ProxyError;
+use super::hbone::{self, headers};
+use super::pool::WorkloadKey;
+use super::{ProxyInputs, copy, is_illegal_port};
+use crate::identity::BoxFuture;
+use crate::proxy::listener::Handler;
+use crate::state::{InboundProtocol, LoadBalancerMode, ProxyState, Service, Workload};
+
+/// Where an outbound connection goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// HBONE to `dst` (podIP:15008) with CONNECT `:authority` = `target`.
+    Hbone {
+        /// TCP destination of the tunnel.
+        dst: SocketAddr,
+        /// The `:authority` (workload IP and target port).
+        target: SocketAddr,
+        /// Identities the peer may present (service SANs + workload identity).
+        expected: Vec<Identity>,
+        /// The destination workload's identity (for logs).
+        dst_identity: Identity,
+        /// Service hostname when the connection was service-addressed.
+        service: Option<String>,
+    },
+    /// Plain TCP to a mesh workload that does not speak HBONE.
+    Tcp {
+        /// Destination.
+        dst: SocketAddr,
+    },
+    /// Not in the mesh: plain TCP to the original destination.
+    Passthrough {
+        /// Destination.
+        dst: SocketAddr,
+    },
+}
+
+/// Picks the destination IP: the original one if the workload has it, else the first of
+/// the same family, else any.
+fn pick_ip(workload: &Workload, original: IpAddr) -> Option<IpAddr> {
+    if workload.workload_ips.contains(&original) {
+        return Some(original);
+    }
+    workload
+        .workload_ips
+        .iter()
+        .find(|ip| ip.is_ipv4() == original.is_ipv4())
+        .or_else(|| workload.workload_ips.first())
+        .copied()
+}
+
+fn expected_identities(workload: &Workload, service: Option<&Service>) -> Vec<Identity> {
+    let mut ids: Vec<Identity> = service
+        .map(|s| s.subject_alt_names.iter().filter_map(|san| san.parse().ok()).collect())
+        .unwrap_or_default();
+    let own = workload.identity();
+    if !ids.contains(&own) {
+        ids.push(own);
+    }
+    ids
+}
+
+/// Decides how to reach `original` from `source` (reference §5.1, without waypoints and
+/// multi-network gateways, which come with the control plane).
+pub fn route(
+    state: &ProxyState,
+    network: &str,
+    source: &Workload,
+    original: SocketAddr,
+) -> Result<Route, ProxyError> {
+    // Workload IPs win over service VIPs.
+    let (workload, port, service) = if let Some(w) = state.workload_by_ip(network, original.ip()) {
+        (w, original.port(), None)
+    } else if let Some(svc) = state.service_by_vip(network, original.ip(), &source.namespace) {
+        if svc
+            .load_balancer
+            .as_ref()
+            .is_some_and(|lb| lb.mode == LoadBalancerMode::Passthrough)
+        {
+            return Ok(Route::Passthrough { dst: original });
+        }
+        let up = state
+            .load_balance(&svc, original.port(), Some(source))
+            .ok_or_else(|| ProxyError::NoHealthyUpstream(svc.hostname.clone()))?;
+        (up.workload, up.port, Some(svc))
+    } else {
+        return Ok(Route::Passthrough { dst: original });
+    };
+
+    let ip = pick_ip(&workload, original.ip()).ok_or_else(|| ProxyError::NoAddress(workload.uid.clone()))?;
+    let target = SocketAddr::new(ip, port);
+    Ok(match workload.protocol {
+        InboundProtocol::Hbone => Route::Hbone {
+            dst: SocketAddr::new(ip, super::HBONE_PORT),
+            target,
+            expected: expected_identities(&workload, service.as_deref()),
+            dst_identity: workload.identity(),
+            service: service.map(|s| s.hostname.clone()),
+        },
+        InboundProtocol::Tcp => Route::Tcp { dst: target },
+    })
+}
+
+/// The outbound capture handler.
+pub struct Outbound {
+    pub(crate) inputs: Arc<ProxyInputs>,
+}
+
+impl Handler for Outbound {
+    fn handle(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            let orig = match self.inputs.orig_dst.original_dst(&stream) {
+                Ok(d) => d,
+                Err(e) => {
+                    warn!(target: "access", direction = "outbound", src.addr = %peer, error = %ProxyError::OriginalDst(e), "connection failed");
+                    return;
+                }
+            };
+            self.inputs.clone().proxy_outbound(stream, peer, orig).await;
+        })
+    }
+}
+
+impl ProxyInputs {
+    /// Proxies one outbound connection from `peer` that was going to `orig`.
+    pub async fn proxy_outbound(self: Arc<Self>, stream: TcpStream, peer: SocketAddr, orig: SocketAddr) {
+        let start = Instant::now();
+        if orig.ip().is_loopback() && is_illegal_port(orig.port()) {
+            warn!(target: "access", direction = "outbound", src.addr = %peer, dst.addr = %orig, error = %ProxyError::SelfCall(orig), "connection failed");
+            return;
+        }
+        let source = match self.local_workload().await {
+            Ok(w) => w,
+            Err(e) => {
+                warn!(target: "access", direction = "outbound", src.addr = %peer, dst.addr = %orig, error = %e, "connection failed");
+                return;
+            }
+        };
+        let state = self.state.snapshot();
+        let route = route(&state, &self.cfg.network, &source, orig);
+        drop(state);
+        let src_identity = source.identity();
+        let result = match route {
+            Err(e) => Err((e, None)),
+            Ok(route) => {
+                debug!(?route, "outbound route");
+                self.forward(stream, peer, &src_identity, &source, route).await
+            }
+        };
+        let duration = start.elapsed();
+        match result {
+            Ok(done) => info!(
+                target: "access", direction = "outbound",
+                src.addr = %peer,
+                src.workload = %source.name,
+                src.namespace = %source.namespace,
+                src.identity = %src_identity,
+                dst.addr = %done.dst,
+                dst.hbone_addr = done.hbone_addr.map(|a| a.to_string()),
+                dst.identity = done.dst_identity.map(|i| i.to_string()),
+                bytes_sent = done.bytes.0,
+                bytes_recv = done.bytes.1,
+                duration = format!("{}ms", duration.as_millis()),
+                "connection complete"
+            ),
+            Err((e, dst)) => tracing::error!(
+                target: "access", direction = "outbound",
+                src.addr = %peer,
+                src.workload = %source.name,
+                src.identity = %src_identity,
+                dst.addr = dst.map(|d| d.to_string()).unwrap_or_else(|| orig.to_string()),
+                response_flags = e.response_flag(),
+                duration = format!("{}ms", duration.as_millis()),
+                error = %e,
+                "connection complete"
+            ),
+        }
+    }
+
+    async fn forward(
+        &self,
+        mut stream: TcpStream,
+        peer: SocketAddr,
+        src_identity: &Identity,
+        source: &Workload,
+        route: Route,
+    ) -> Result<Completed, (ProxyError, Option<SocketAddr>)> {
+        match route {
+            Route::Passthrough { dst } | Route::Tcp { dst } => {
+                let mut upstream = self
+                    .sockets
+                    .connect(dst, None, self.cfg.connect_timeout)
+                    .await
+                    .map_err(|source| (ProxyError::Connect { dst, source }, Some(dst)))?;
+                let bytes = copy::bidirectional(&mut stream, &mut upstream, None)
+                    .await
+                    .map_err(|e| (e, Some(dst)))?;
+                Ok(Completed { dst, hbone_addr: None, dst_identity: None, bytes })
+            }
+            Route::Hbone { dst, target, expected, dst_identity, service } => {
+                let key = WorkloadKey {
+                    src_id: src_identity.clone(),
+                    dst_id: expected,
+                    dst,
+                    src: peer.ip(),
+                };
+                let mut extra = HeaderMap::new();
+                if let Ok(v) = headers::Baggage::from_workload(source, &self.cfg.cluster_id).to_header() {
+                    extra.insert(headers::BAGGAGE, v);
+                }
+                if let Ok(v) = headers::forwarded_header(peer, service.as_deref()) {
+                    extra.insert(headers::FORWARDED, v);
+                }
+                if let Ok(v) = headers::TraceParent::random().to_header() {
+                    extra.insert(headers::TRACEPARENT, v);
+                }
+                let req = hbone::connect_request(&target.to_string(), extra).map_err(|e| (e.into(), Some(dst)))?;
+                let (_resp, mut tunnel) = self
+                    .pool
+                    .send_request(&key, req)
+                    .await
+                    .map_err(|e| (ProxyError::Hbone(e), Some(dst)))?;
+                let bytes = copy::bidirectional(&mut stream, &mut tunnel, None)
+                    .await
+                    .map_err(|e| (e, Some(dst)))?;
+                Ok(Completed {
+                    dst,
+                    hbone_addr: Some(target),
+                    dst_identity: Some(dst_identity),
+                    bytes,
+                })
+            }
+        }
+    }
+}
+
+/// What a finished connection reports.
+struct Completed {
+    dst: SocketAddr,
+    hbone_addr: Option<SocketAddr>,
+    dst_identity: Option<Identity>,
+    /// (client → upstream, upstream → client)
+    bytes: (u64, u64),
+}

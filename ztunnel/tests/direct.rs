@@ -30,7 +30,7 @@ async fn echo_server(ip: &str) -> (SocketAddr, mpsc::UnboundedReceiver<SocketAdd
     (addr, rx)
 }
 
-fn config_yaml(policies: &str) -> String {
+fn config_yaml(net: u8, policies: &str) -> String {
     format!(
         r#"
 workloads:
@@ -39,14 +39,14 @@ workloads:
   namespace: default
   serviceAccount: client
   node: node1
-  workloadIps: ["127.0.10.1"]
+  workloadIps: ["127.0.{net}.1"]
   protocol: HBONE
 - uid: cluster1//v1/Pod/default/server
   name: server
   namespace: default
   serviceAccount: server
   node: node2
-  workloadIps: ["127.0.10.2"]
+  workloadIps: ["127.0.{net}.2"]
   protocol: HBONE
 policies: {policies}
 "#
@@ -108,14 +108,24 @@ struct Mesh {
     echo_peers: mpsc::UnboundedReceiver<SocketAddr>,
 }
 
-async fn mesh(policies: &str) -> Mesh {
+fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+/// Each test passes its own `net` so parallel tests never share a listener address
+/// (SO_REUSEPORT would otherwise spread connections across tests).
+async fn mesh(net: u8, policies: &str) -> Mesh {
+    init_logs();
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("config.yaml"), config_yaml(policies)).unwrap();
-    let (echo, echo_peers) = echo_server("127.0.10.2").await;
-    let b = app::build(proxy_config(dir.path(), "default/server/server", "127.0.10.2", false))
+    std::fs::write(dir.path().join("config.yaml"), config_yaml(net, policies)).unwrap();
+    let (echo, echo_peers) = echo_server(&format!("127.0.{net}.2")).await;
+    let b = app::build(proxy_config(dir.path(), "default/server/server", &format!("127.0.{net}.2"), false))
         .await
         .unwrap();
-    let a = app::build(proxy_config(dir.path(), "default/client/client", "127.0.10.1", true))
+    let a = app::build(proxy_config(dir.path(), "default/client/client", &format!("127.0.{net}.1"), true))
         .await
         .unwrap();
     Mesh { _dir: dir, a, b, echo, echo_peers }
@@ -132,7 +142,7 @@ async fn socks5_to_hbone_to_echo_with_identity_policy() {
     rules:
     - - - principals: [{Exact: "cluster.local/ns/default/sa/client"}]
 "#;
-    let mut m = mesh(policies).await;
+    let mut m = mesh(10, policies).await;
     let s = socks_connect(m.a.bound.socks5.unwrap(), m.echo).await;
     let out = round_trip(s, b"hello through hbone").await;
     assert_eq!(out, b"hello through hbone");
@@ -153,7 +163,7 @@ async fn policy_for_another_identity_denies() {
     rules:
     - - - principals: [{Exact: "cluster.local/ns/default/sa/someone-else"}]
 "#;
-    let m = mesh(policies).await;
+    let m = mesh(11, policies).await;
     let s = socks_connect(m.a.bound.socks5.unwrap(), m.echo).await;
     let out = round_trip(s, b"should not arrive").await;
     assert!(out.is_empty(), "denied connection must not carry data, got {out:?}");
@@ -161,7 +171,7 @@ async fn policy_for_another_identity_denies() {
 
 #[tokio::test]
 async fn pool_reuses_one_connection_for_many_streams() {
-    let m = mesh("[]").await;
+    let m = mesh(12, "[]").await;
     let socks = m.a.bound.socks5.unwrap();
     let mut tasks = Vec::new();
     for i in 0..20u32 {

@@ -24,7 +24,9 @@ pub enum IdentityParseError {
     #[error("identity {0:?} does not start with spiffe://")]
     MissingScheme(String),
     /// The path is not `/ns/<namespace>/sa/<service account>`.
-    #[error("identity {0:?} is not of the form spiffe://<trust domain>/ns/<namespace>/sa/<service account>")]
+    #[error(
+        "identity {0:?} is not of the form spiffe://<trust domain>/ns/<namespace>/sa/<service account>"
+    )]
     BadPath(String),
 }
 

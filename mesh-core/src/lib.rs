@@ -8,4 +8,4 @@ mod identity;
 mod names;
 
 pub use identity::{Identity, IdentityParseError};
-pub use names::{NamespacedHostname, NameParseError, NetworkAddress};
+pub use names::{NameParseError, NamespacedHostname, NetworkAddress};

@@ -79,7 +79,9 @@ pub async fn build(cfg: Config) -> anyhow::Result<App> {
     };
     let certs = CertManager::new(source);
 
-    let sockets = SocketFactory { mark: cfg.packet_mark };
+    let sockets = SocketFactory {
+        mark: cfg.packet_mark,
+    };
     let spoof = proxy::decide_spoofing(&cfg, &sockets).map_err(anyhow::Error::msg)?;
     if !spoof {
         warn!("source IP preservation is off: applications will see the proxy's address");
@@ -104,7 +106,12 @@ pub async fn build(cfg: Config) -> anyhow::Result<App> {
         .listen_any_family(cfg.inbound_addr, true)
         .context("inbound HBONE listener")?;
     let socks5 = if cfg.enable_socks5 {
-        Some(sockets.listen(cfg.socks5_addr, false).context("SOCKS5 listener")?.0)
+        Some(
+            sockets
+                .listen(cfg.socks5_addr, false)
+                .context("SOCKS5 listener")?
+                .0,
+        )
     } else {
         None
     };
@@ -118,8 +125,20 @@ pub async fn build(cfg: Config) -> anyhow::Result<App> {
     let spawn = |name: &'static str, l, h: Arc<dyn Handler>| {
         tokio::spawn(listener::run(name, l, h, drain.clone()));
     };
-    spawn("outbound", outbound, Arc::new(Outbound { inputs: inputs.clone() }));
-    spawn("inbound_plaintext", plaintext, Arc::new(InboundPlaintext { inputs: inputs.clone() }));
+    spawn(
+        "outbound",
+        outbound,
+        Arc::new(Outbound {
+            inputs: inputs.clone(),
+        }),
+    );
+    spawn(
+        "inbound_plaintext",
+        plaintext,
+        Arc::new(InboundPlaintext {
+            inputs: inputs.clone(),
+        }),
+    );
     spawn(
         "inbound",
         inbound,
@@ -129,7 +148,13 @@ pub async fn build(cfg: Config) -> anyhow::Result<App> {
         }),
     );
     if let Some(l) = socks5 {
-        spawn("socks5", l, Arc::new(Socks5 { inputs: inputs.clone() }));
+        spawn(
+            "socks5",
+            l,
+            Arc::new(Socks5 {
+                inputs: inputs.clone(),
+            }),
+        );
     }
     tokio::spawn(
         inputs
@@ -139,9 +164,12 @@ pub async fn build(cfg: Config) -> anyhow::Result<App> {
     );
 
     // Warm the certificate of the workload we serve so the first connection does not wait.
-    if let Ok(w) = tokio::time::timeout(Duration::from_millis(1), inputs.local_workload()).await.unwrap_or(Err(
-        crate::proxy::error::ProxyError::UnknownLocalWorkload(String::new()),
-    )) {
+    if let Ok(w) = tokio::time::timeout(Duration::from_millis(1), inputs.local_workload())
+        .await
+        .unwrap_or(Err(crate::proxy::error::ProxyError::UnknownLocalWorkload(
+            String::new(),
+        )))
+    {
         let certs = certs.clone();
         let id = w.identity();
         tokio::spawn(async move {

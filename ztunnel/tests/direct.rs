@@ -1,6 +1,8 @@
 //! In-process end-to-end: SOCKS5 → proxy A → HBONE (real mTLS, real certificates from the
 //! local CA) → proxy B → echo server, all on loopback addresses, no root needed.
 
+#![allow(clippy::unwrap_used, reason = "test code: a panic is a test failure")]
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -18,7 +20,9 @@ async fn echo_server(ip: &str) -> (SocketAddr, mpsc::UnboundedReceiver<SocketAdd
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         loop {
-            let Ok((mut s, peer)) = l.accept().await else { return };
+            let Ok((mut s, peer)) = l.accept().await else {
+                return;
+            };
             let _ = tx.send(peer);
             tokio::spawn(async move {
                 let (mut r, mut w) = s.split();
@@ -80,7 +84,9 @@ async fn socks_connect(socks: SocketAddr, target: SocketAddr) -> TcpStream {
     let mut b = [0u8; 2];
     s.read_exact(&mut b).await.unwrap();
     assert_eq!(b, [5, 0]);
-    let SocketAddr::V4(t) = target else { panic!("v4 only") };
+    let SocketAddr::V4(t) = target else {
+        panic!("v4 only")
+    };
     let mut req = vec![5, 1, 0, 1];
     req.extend_from_slice(&t.ip().octets());
     req.extend_from_slice(&t.port().to_be_bytes());
@@ -122,13 +128,29 @@ async fn mesh(net: u8, policies: &str) -> Mesh {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("config.yaml"), config_yaml(net, policies)).unwrap();
     let (echo, echo_peers) = echo_server(&format!("127.0.{net}.2")).await;
-    let b = app::build(proxy_config(dir.path(), "default/server/server", &format!("127.0.{net}.2"), false))
-        .await
-        .unwrap();
-    let a = app::build(proxy_config(dir.path(), "default/client/client", &format!("127.0.{net}.1"), true))
-        .await
-        .unwrap();
-    Mesh { _dir: dir, a, b, echo, echo_peers }
+    let b = app::build(proxy_config(
+        dir.path(),
+        "default/server/server",
+        &format!("127.0.{net}.2"),
+        false,
+    ))
+    .await
+    .unwrap();
+    let a = app::build(proxy_config(
+        dir.path(),
+        "default/client/client",
+        &format!("127.0.{net}.1"),
+        true,
+    ))
+    .await
+    .unwrap();
+    Mesh {
+        _dir: dir,
+        a,
+        b,
+        echo,
+        echo_peers,
+    }
 }
 
 #[tokio::test]
@@ -148,7 +170,11 @@ async fn socks5_to_hbone_to_echo_with_identity_policy() {
     assert_eq!(out, b"hello through hbone");
     let peer = m.echo_peers.recv().await.unwrap();
     assert!(peer.ip().is_loopback(), "B delivers locally, got {peer}");
-    assert_eq!(m.b.inputs.connections.len(), 0, "finished connections are unregistered");
+    assert_eq!(
+        m.b.inputs.connections.len(),
+        0,
+        "finished connections are unregistered"
+    );
     m.a.shutdown().await;
     m.b.shutdown().await;
 }
@@ -166,7 +192,10 @@ async fn policy_for_another_identity_denies() {
     let m = mesh(11, policies).await;
     let s = socks_connect(m.a.bound.socks5.unwrap(), m.echo).await;
     let out = round_trip(s, b"should not arrive").await;
-    assert!(out.is_empty(), "denied connection must not carry data, got {out:?}");
+    assert!(
+        out.is_empty(),
+        "denied connection must not carry data, got {out:?}"
+    );
 }
 
 #[tokio::test]

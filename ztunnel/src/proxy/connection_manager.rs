@@ -45,7 +45,11 @@ impl Drop for ConnectionGuard {
 impl ConnectionManager {
     /// Registers a connection to workload `workload_uid` (before its RBAC check, so no
     /// policy change between check and registration is missed).
-    pub fn register(self: &Arc<Self>, conn: RbacConnection, workload_uid: String) -> ConnectionGuard {
+    pub fn register(
+        self: &Arc<Self>,
+        conn: RbacConnection,
+        workload_uid: String,
+    ) -> ConnectionGuard {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let revoke = CancellationToken::new();
         if let Ok(mut live) = self.live.lock() {

@@ -45,7 +45,11 @@ impl InboundHbone {
     async fn serve(&self, stream: TcpStream, peer: SocketAddr) -> Result<(), ProxyError> {
         let local = canonical(stream.local_addr()?);
         let workload = self.inputs.local_workload().await?;
-        let cert = self.inputs.certs.fetch_certificate(&workload.identity()).await?;
+        let cert = self
+            .inputs
+            .certs
+            .fetch_certificate(&workload.identity())
+            .await?;
         let config = self.inputs.server_config(&cert)?;
         let tls = TlsAcceptor::from(config)
             .accept(stream)
@@ -58,11 +62,16 @@ impl InboundHbone {
             .and_then(|certs| tls::peer_identity(certs));
         debug!(src.identity = ?peer_identity, "hbone connection established");
         let inputs = self.inputs.clone();
-        hbone::serve(tls, &self.inputs.h2, self.drain.stop_accepting.clone(), move |req| {
-            let inputs = inputs.clone();
-            let peer_identity = peer_identity.clone();
-            async move { handle_connect(inputs, req, peer, local, peer_identity).await }
-        })
+        hbone::serve(
+            tls,
+            &self.inputs.h2,
+            self.drain.stop_accepting.clone(),
+            move |req| {
+                let inputs = inputs.clone();
+                let peer_identity = peer_identity.clone();
+                async move { handle_connect(inputs, req, peer, local, peer_identity).await }
+            },
+        )
         .await?;
         Ok(())
     }
@@ -75,7 +84,8 @@ fn resolve_target(
     authority: &str,
     local: SocketAddr,
 ) -> Result<SocketAddr, ProxyError> {
-    let parsed = headers::parse_authority(authority).map_err(|_| ProxyError::BadAuthority(authority.to_string()))?;
+    let parsed = headers::parse_authority(authority)
+        .map_err(|_| ProxyError::BadAuthority(authority.to_string()))?;
     let port = match parsed {
         Authority::Ip(addr) => {
             let addr = canonical(addr);
@@ -127,7 +137,9 @@ async fn handle_connect(
             dst_network: inputs.cfg.network.clone(),
         };
         // Register before checking so a policy change in between is not missed.
-        let guard = inputs.connections.register(conn.clone(), workload.uid.clone());
+        let guard = inputs
+            .connections
+            .register(conn.clone(), workload.uid.clone());
         state.assert_rbac(&workload, &conn)?;
         drop(state);
         let upstream = inputs.connect_local(dst, peer).await?;
@@ -164,7 +176,15 @@ async fn handle_connect(
         }
     };
     let res = copy::bidirectional(&mut tunnel, &mut upstream, Some(&guard.revoked)).await;
-    log_inbound(peer, peer_identity.as_ref(), dst, Some(&authority), &workload, start, res);
+    log_inbound(
+        peer,
+        peer_identity.as_ref(),
+        dst,
+        Some(&authority),
+        &workload,
+        start,
+        res,
+    );
 }
 
 fn log_inbound(
@@ -235,7 +255,10 @@ impl Handler for InboundPlaintext {
                     dst,
                     dst_network: self.inputs.cfg.network.clone(),
                 };
-                let guard = self.inputs.connections.register(conn.clone(), workload.uid.clone());
+                let guard = self
+                    .inputs
+                    .connections
+                    .register(conn.clone(), workload.uid.clone());
                 self.inputs.state.snapshot().assert_rbac(&workload, &conn)?;
                 let upstream = self.inputs.connect_local(dst, peer).await?;
                 Ok((workload, dst, guard, upstream))
@@ -243,7 +266,8 @@ impl Handler for InboundPlaintext {
             .await;
             match result {
                 Ok((workload, dst, guard, mut upstream)) => {
-                    let res = copy::bidirectional(&mut stream, &mut upstream, Some(&guard.revoked)).await;
+                    let res =
+                        copy::bidirectional(&mut stream, &mut upstream, Some(&guard.revoked)).await;
                     log_inbound(peer, None, dst, None, &workload, start, res);
                 }
                 Err(e) => warn!(

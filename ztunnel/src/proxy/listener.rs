@@ -19,7 +19,12 @@ pub trait Handler: Send + Sync + 'static {
 }
 
 /// Accepts until the drain says stop; each connection runs in its own tracked task.
-pub async fn run(name: &'static str, listener: TcpListener, handler: Arc<dyn Handler>, drain: Drain) {
+pub async fn run(
+    name: &'static str,
+    listener: TcpListener,
+    handler: Arc<dyn Handler>,
+    drain: Drain,
+) {
     let local = listener.local_addr().ok();
     info!(listener = name, addr = ?local, "listener started");
     loop {

@@ -111,12 +111,16 @@ impl ProxyInputs {
     /// The workload this proxy serves, waiting briefly for configuration to deliver it.
     pub async fn local_workload(&self) -> Result<Arc<Workload>, ProxyError> {
         let Some(info) = self.cfg.workload_info() else {
-            return Err(ProxyError::UnknownLocalWorkload("(no PROXY_WORKLOAD_INFO)".into()));
+            return Err(ProxyError::UnknownLocalWorkload(
+                "(no PROXY_WORKLOAD_INFO)".into(),
+            ));
         };
         let find = || {
-            self.state
-                .snapshot()
-                .workload_by_info(&info.namespace, &info.name, &info.service_account)
+            self.state.snapshot().workload_by_info(
+                &info.namespace,
+                &info.name,
+                &info.service_account,
+            )
         };
         if let Some(w) = find() {
             return Ok(w);

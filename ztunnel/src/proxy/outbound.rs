@@ -62,7 +62,12 @@ fn pick_ip(workload: &Workload, original: IpAddr) -> Option<IpAddr> {
 
 fn expected_identities(workload: &Workload, service: Option<&Service>) -> Vec<Identity> {
     let mut ids: Vec<Identity> = service
-        .map(|s| s.subject_alt_names.iter().filter_map(|san| san.parse().ok()).collect())
+        .map(|s| {
+            s.subject_alt_names
+                .iter()
+                .filter_map(|san| san.parse().ok())
+                .collect()
+        })
         .unwrap_or_default();
     let own = workload.identity();
     if !ids.contains(&own) {
@@ -98,7 +103,8 @@ pub fn route(
         return Ok(Route::Passthrough { dst: original });
     };
 
-    let ip = pick_ip(&workload, original.ip()).ok_or_else(|| ProxyError::NoAddress(workload.uid.clone()))?;
+    let ip = pick_ip(&workload, original.ip())
+        .ok_or_else(|| ProxyError::NoAddress(workload.uid.clone()))?;
     let target = SocketAddr::new(ip, port);
     Ok(match workload.protocol {
         InboundProtocol::Hbone => Route::Hbone {
@@ -134,7 +140,12 @@ impl Handler for Outbound {
 
 impl ProxyInputs {
     /// Proxies one outbound connection from `peer` that was going to `orig`.
-    pub async fn proxy_outbound(self: Arc<Self>, stream: TcpStream, peer: SocketAddr, orig: SocketAddr) {
+    pub async fn proxy_outbound(
+        self: Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        orig: SocketAddr,
+    ) {
         let start = Instant::now();
         if orig.ip().is_loopback() && is_illegal_port(orig.port()) {
             warn!(target: "access", direction = "outbound", src.addr = %peer, dst.addr = %orig, error = %ProxyError::SelfCall(orig), "connection failed");
@@ -155,7 +166,8 @@ impl ProxyInputs {
             Err(e) => Err((e, None)),
             Ok(route) => {
                 debug!(?route, "outbound route");
-                self.forward(stream, peer, &src_identity, &source, route).await
+                self.forward(stream, peer, &src_identity, &source, route)
+                    .await
             }
         };
         let duration = start.elapsed();
@@ -206,9 +218,20 @@ impl ProxyInputs {
                 let bytes = copy::bidirectional(&mut stream, &mut upstream, None)
                     .await
                     .map_err(|e| (e, Some(dst)))?;
-                Ok(Completed { dst, hbone_addr: None, dst_identity: None, bytes })
+                Ok(Completed {
+                    dst,
+                    hbone_addr: None,
+                    dst_identity: None,
+                    bytes,
+                })
             }
-            Route::Hbone { dst, target, expected, dst_identity, service } => {
+            Route::Hbone {
+                dst,
+                target,
+                expected,
+                dst_identity,
+                service,
+            } => {
                 let key = WorkloadKey {
                     src_id: src_identity.clone(),
                     dst_id: expected,
@@ -216,7 +239,9 @@ impl ProxyInputs {
                     src: peer.ip(),
                 };
                 let mut extra = HeaderMap::new();
-                if let Ok(v) = headers::Baggage::from_workload(source, &self.cfg.cluster_id).to_header() {
+                if let Ok(v) =
+                    headers::Baggage::from_workload(source, &self.cfg.cluster_id).to_header()
+                {
                     extra.insert(headers::BAGGAGE, v);
                 }
                 if let Ok(v) = headers::forwarded_header(peer, service.as_deref()) {
@@ -225,7 +250,8 @@ impl ProxyInputs {
                 if let Ok(v) = headers::TraceParent::random().to_header() {
                     extra.insert(headers::TRACEPARENT, v);
                 }
-                let req = hbone::connect_request(&target.to_string(), extra).map_err(|e| (e.into(), Some(dst)))?;
+                let req = hbone::connect_request(&target.to_string(), extra)
+                    .map_err(|e| (e.into(), Some(dst)))?;
                 let (_resp, mut tunnel) = self
                     .pool
                     .send_request(&key, req)

@@ -51,13 +51,18 @@ pub async fn handshake(stream: &mut TcpStream) -> Result<SocketAddr, ProxyError>
     let mut head = [0u8; 2];
     stream.read_exact(&mut head).await?;
     if head[0] != VERSION {
-        return Err(ProxyError::Protocol(format!("SOCKS version {} unsupported", head[0])));
+        return Err(ProxyError::Protocol(format!(
+            "SOCKS version {} unsupported",
+            head[0]
+        )));
     }
     let mut methods = vec![0u8; head[1] as usize];
     stream.read_exact(&mut methods).await?;
     if !methods.contains(&NO_AUTH) {
         stream.write_all(&[VERSION, NO_ACCEPTABLE_METHOD]).await?;
-        return Err(ProxyError::Protocol("client offers no no-auth method".into()));
+        return Err(ProxyError::Protocol(
+            "client offers no no-auth method".into(),
+        ));
     }
     stream.write_all(&[VERSION, NO_AUTH]).await?;
 
@@ -68,7 +73,10 @@ pub async fn handshake(stream: &mut TcpStream) -> Result<SocketAddr, ProxyError>
     }
     if req[1] != CMD_CONNECT {
         reply(stream, REPLY_CMD_NOT_SUPPORTED).await?;
-        return Err(ProxyError::Protocol(format!("command {} unsupported", req[1])));
+        return Err(ProxyError::Protocol(format!(
+            "command {} unsupported",
+            req[1]
+        )));
     }
     let ip = match req[3] {
         1 => {
@@ -86,8 +94,12 @@ pub async fn handshake(stream: &mut TcpStream) -> Result<SocketAddr, ProxyError>
             let mut name = vec![0u8; len];
             stream.read_exact(&mut name).await?;
             let port = stream.read_u16().await?;
-            let name = String::from_utf8(name).map_err(|_| ProxyError::Protocol("domain is not UTF-8".into()))?;
-            let resolved = tokio::net::lookup_host((name.as_str(), port)).await.ok().and_then(|mut a| a.next());
+            let name = String::from_utf8(name)
+                .map_err(|_| ProxyError::Protocol("domain is not UTF-8".into()))?;
+            let resolved = tokio::net::lookup_host((name.as_str(), port))
+                .await
+                .ok()
+                .and_then(|mut a| a.next());
             return match resolved {
                 Some(addr) => {
                     reply(stream, REPLY_OK).await?;
@@ -101,7 +113,9 @@ pub async fn handshake(stream: &mut TcpStream) -> Result<SocketAddr, ProxyError>
         }
         other => {
             reply(stream, REPLY_ATYP_NOT_SUPPORTED).await?;
-            return Err(ProxyError::Protocol(format!("address type {other} unsupported")));
+            return Err(ProxyError::Protocol(format!(
+                "address type {other} unsupported"
+            )));
         }
     };
     let port = stream.read_u16().await?;

@@ -201,7 +201,9 @@ impl std::fmt::Display for SetupStage {
             SetupStage::Certificate => "fetching the workload certificate",
             SetupStage::TlsConfig => "building the TLS configuration",
             SetupStage::TcpConnect => "TCP connect",
-            SetupStage::TcpTimeout => "TCP connect (timed out; maybe a NetworkPolicy is blocking HBONE port 15008)",
+            SetupStage::TcpTimeout => {
+                "TCP connect (timed out; maybe a NetworkPolicy is blocking HBONE port 15008)"
+            }
             SetupStage::TlsHandshake => "TLS handshake",
         })
     }

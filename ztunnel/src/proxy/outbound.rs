@@ -279,3 +279,164 @@ struct Completed {
     /// (client → upstream, upstream → client)
     bytes: (u64, u64),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::localconfig;
+
+    const YAML: &str = r#"
+workloads:
+- name: client
+  namespace: default
+  serviceAccount: client
+  workloadIps: ["10.0.1.2"]
+  protocol: HBONE
+- name: server
+  namespace: default
+  serviceAccount: server
+  workloadIps: ["10.0.2.2"]
+  protocol: HBONE
+  services:
+    "default/echo.default.svc.cluster.local": {80: 8080}
+- name: legacy
+  namespace: default
+  workloadIps: ["10.0.2.3"]
+  protocol: TCP
+services:
+- name: echo
+  namespace: default
+  hostname: echo.default.svc.cluster.local
+  vips: ["/10.96.0.10"]
+  ports: {80: 8080}
+  subjectAltNames: ["spiffe://cluster.local/ns/default/sa/echo-san"]
+- name: empty
+  namespace: default
+  hostname: empty.default.svc.cluster.local
+  vips: ["/10.96.0.11"]
+  ports: {80: 8080}
+"#;
+
+    fn setup() -> (ProxyState, Arc<Workload>) {
+        let state = localconfig::parse(YAML).unwrap();
+        let client = state
+            .workload_by_info("default", "client", "client")
+            .unwrap();
+        (state, client)
+    }
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn workload_ip_goes_hbone_to_15008() {
+        let (state, client) = setup();
+        let r = route(&state, "", &client, addr("10.0.2.2:9090")).unwrap();
+        let Route::Hbone {
+            dst,
+            target,
+            expected,
+            service,
+            ..
+        } = r
+        else {
+            panic!("expected HBONE, got {r:?}");
+        };
+        assert_eq!(dst, addr("10.0.2.2:15008"));
+        assert_eq!(
+            target,
+            addr("10.0.2.2:9090"),
+            "workload-addressed keeps the port"
+        );
+        assert_eq!(
+            expected,
+            vec![
+                "spiffe://cluster.local/ns/default/sa/server"
+                    .parse()
+                    .unwrap()
+            ]
+        );
+        assert_eq!(service, None);
+    }
+
+    #[test]
+    fn service_vip_load_balances_and_maps_port() {
+        let (state, client) = setup();
+        let r = route(&state, "", &client, addr("10.96.0.10:80")).unwrap();
+        let Route::Hbone {
+            dst,
+            target,
+            expected,
+            service,
+            ..
+        } = r
+        else {
+            panic!("expected HBONE, got {r:?}");
+        };
+        assert_eq!(dst, addr("10.0.2.2:15008"));
+        assert_eq!(
+            target,
+            addr("10.0.2.2:8080"),
+            "service port 80 maps to target 8080"
+        );
+        let ids: Vec<String> = expected.iter().map(|i| i.to_string()).collect();
+        assert_eq!(
+            ids,
+            [
+                "spiffe://cluster.local/ns/default/sa/echo-san",
+                "spiffe://cluster.local/ns/default/sa/server"
+            ],
+            "service SANs plus the workload identity"
+        );
+        assert_eq!(service.as_deref(), Some("echo.default.svc.cluster.local"));
+    }
+
+    #[test]
+    fn tcp_workload_goes_plain() {
+        let (state, client) = setup();
+        let r = route(&state, "", &client, addr("10.0.2.3:80")).unwrap();
+        assert_eq!(
+            r,
+            Route::Tcp {
+                dst: addr("10.0.2.3:80")
+            }
+        );
+    }
+
+    #[test]
+    fn outside_the_mesh_is_passthrough() {
+        let (state, client) = setup();
+        let r = route(&state, "", &client, addr("192.0.2.1:443")).unwrap();
+        assert_eq!(
+            r,
+            Route::Passthrough {
+                dst: addr("192.0.2.1:443")
+            }
+        );
+        // Another network's address is not ours either.
+        let r = route(&state, "other", &client, addr("10.0.2.2:80")).unwrap();
+        assert_eq!(
+            r,
+            Route::Passthrough {
+                dst: addr("10.0.2.2:80")
+            }
+        );
+    }
+
+    #[test]
+    fn service_without_endpoints_fails() {
+        let (state, client) = setup();
+        let err = route(&state, "", &client, addr("10.96.0.11:80")).unwrap_err();
+        assert!(matches!(err, ProxyError::NoHealthyUpstream(_)), "{err}");
+        assert_eq!(err.response_flag(), "CONNECT");
+    }
+
+    #[test]
+    fn illegal_ports() {
+        for p in [15001, 15006, 15008] {
+            assert!(is_illegal_port(p));
+        }
+        assert!(!is_illegal_port(8080));
+    }
+}

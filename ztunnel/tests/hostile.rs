@@ -6,7 +6,7 @@
 //! 127.0.N.2) and an echo server beside it. The client side is this file speaking TLS and
 //! HTTP/2 directly, with certificates from the proxy's own local CA. Every case must end in
 //! the reference's status (§5.2-5.3) or a clean close, and afterwards a valid CONNECT must
-//! still echoes: the proxy keeps serving. Each test ends with a drain that must complete, so
+//! still echo: the proxy keeps serving. Each test ends with a drain that must complete, so
 //! no hostile connection leaves a server task behind.
 //!
 //! `RUST_LOG=debug cargo test -p ztunnel --test hostile` shows the proxy's log of each case.
@@ -153,9 +153,12 @@ impl Server {
         let app = app::build(proxy_config(dir.path(), &ip)).await.unwrap();
         let hbone = app.bound.inbound;
         // The proxy created its CA in `<dir>/ca` during `build`; same files, same root.
-        let ca =
-            LocalCa::load_or_create(&dir.path().join("ca"), TRUST_DOMAIN, Duration::from_secs(3600))
-                .unwrap();
+        let ca = LocalCa::load_or_create(
+            &dir.path().join("ca"),
+            TRUST_DOMAIN,
+            Duration::from_secs(3600),
+        )
+        .unwrap();
         Server {
             net,
             dir,
@@ -251,9 +254,13 @@ impl Server {
         assert_eq!(
             self.app.shutdown().await,
             DrainOutcome::Completed,
-            "a connection task outlived its client"
+            "a connection task was still running at the drain deadline"
         );
-        assert_eq!(inputs.connections.len(), 0, "leaked connection registrations");
+        assert_eq!(
+            inputs.connections.len(),
+            0,
+            "leaked connection registrations"
+        );
         drop(self.dir);
     }
 }
@@ -414,7 +421,10 @@ impl RawH2 {
 
     async fn write_frame(&mut self, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
         let len = u32::try_from(payload.len()).unwrap();
-        assert!(len < 1 << 14, "frame larger than the default max frame size");
+        assert!(
+            len < 1 << 14,
+            "frame larger than the default max frame size"
+        );
         let mut frame = Vec::with_capacity(9 + payload.len());
         frame.extend_from_slice(&len.to_be_bytes()[1..]);
         frame.push(kind);
@@ -634,8 +644,8 @@ async fn client_from_another_trust_domain_is_refused() {
     // A CA of its own: the chain does not verify. The client still trusts the mesh root,
     // so it is the server that refuses.
     let evil_dir = tempfile::tempdir().unwrap();
-    let foreign = LocalCa::load_or_create(evil_dir.path(), "evil.local", Duration::from_secs(3600))
-        .unwrap();
+    let foreign =
+        LocalCa::load_or_create(evil_dir.path(), "evil.local", Duration::from_secs(3600)).unwrap();
     let issued = foreign.issue(&evil, validity.0, validity.1).unwrap();
     let cert =
         WorkloadCertificate::new(issued.chain, issued.key, server.ca.roots().to_vec()).unwrap();
@@ -786,4 +796,19 @@ async fn self_call_to_proxy_ports_is_503() {
     }
     server.assert_still_serving(CLIENT_SA).await;
     server.stop().await;
+}
+
+/// A client that opens 15008 and stalls inside the TLS handshake must not hold up a
+/// graceful drain: it carries no traffic yet, so nothing is lost by closing it.
+#[tokio::test]
+async fn stalled_tls_handshake_does_not_hold_up_drain() {
+    let server = Server::start(29, "[]").await;
+    // The first two bytes of a TLS record header, then silence.
+    let mut stalled = server.tcp().await;
+    stalled.write_all(&[0x16, 0x03]).await.unwrap();
+    // Accepted in order: once a later connection is served, the stalled one is in the
+    // proxy's hands.
+    server.assert_still_serving(CLIENT_SA).await;
+    server.stop().await;
+    drop(stalled);
 }

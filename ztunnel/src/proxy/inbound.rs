@@ -24,6 +24,9 @@ use crate::socket::canonical;
 use crate::state::{ProxyState, Workload};
 use crate::tls;
 
+/// How long a client may take to complete the TLS handshake on 15008.
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The HBONE listener's handler.
 pub struct InboundHbone {
     pub(crate) inputs: Arc<ProxyInputs>,
@@ -51,10 +54,24 @@ impl InboundHbone {
             .fetch_certificate(&workload.identity())
             .await?;
         let config = self.inputs.server_config(&cert)?;
-        let tls = TlsAcceptor::from(config)
-            .accept(stream)
-            .await
-            .map_err(|source| ProxyError::TlsHandshake { peer, source })?;
+        // A client that stalls mid-handshake must neither hold a task forever nor delay a
+        // drain: bound the handshake and abandon it when we stop accepting.
+        let handshake = TlsAcceptor::from(config).accept(stream);
+        let tls = tokio::select! {
+            res = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake) => match res {
+                Ok(res) => res.map_err(|source| ProxyError::TlsHandshake { peer, source })?,
+                Err(_) => {
+                    return Err(ProxyError::TlsHandshake {
+                        peer,
+                        source: std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            format!("no complete handshake within {TLS_HANDSHAKE_TIMEOUT:?}"),
+                        ),
+                    });
+                }
+            },
+            _ = self.drain.stop_accepting.cancelled() => return Ok(()),
+        };
         let peer_identity = tls
             .get_ref()
             .1

@@ -147,7 +147,7 @@ where
 {
     let (parts, body) = request.into_parts();
     if parts.method != Method::CONNECT {
-        tracing::debug!(method = %parts.method, "HBONE request is not CONNECT, answering 400");
+        tracing::warn!(target: "access", method = %parts.method, response_code = 400, "HBONE request is not CONNECT");
         let mut response = Response::new(());
         *response.status_mut() = StatusCode::BAD_REQUEST;
         if let Err(error) = respond.send_response(response, true) {

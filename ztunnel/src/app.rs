@@ -6,18 +6,24 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::admin::AdminService;
 use crate::config::{CaSource, Config};
 use crate::drain::{Drain, DrainOutcome};
+use crate::http_server;
 use crate::identity::{CertManager, CertificateSource, LocalCa};
 use crate::localconfig::{self, LocalConfigMetrics};
+use crate::logging::LogControl;
+use crate::metrics::{Metrics, MetricsService};
 use crate::proxy::inbound::{InboundHbone, InboundPlaintext};
 use crate::proxy::listener::{self, Handler};
 use crate::proxy::outbound::Outbound;
 use crate::proxy::socks5::Socks5;
 use crate::proxy::{self, ProxyInputs};
+use crate::readiness::{Readiness, ReadinessService};
 use crate::socket::{SoOriginalDst, SocketFactory};
 use crate::state::StateStore;
 
@@ -32,6 +38,23 @@ pub struct Bound {
     pub inbound: SocketAddr,
     /// SOCKS5 (15080), when enabled.
     pub socks5: Option<SocketAddr>,
+    /// Admin API (15000, localhost).
+    pub admin: SocketAddr,
+    /// Prometheus metrics (15020).
+    pub metrics: SocketAddr,
+    /// Readiness (15021).
+    pub readiness: SocketAddr,
+}
+
+/// Optional inputs of [`build_with`].
+#[derive(Default)]
+pub struct BuildOptions {
+    /// Run-time log level control behind `/logging` (the binary passes its reload handle;
+    /// without one `/logging` answers 501).
+    pub log: Option<Arc<dyn LogControl>>,
+    /// The readiness tracker to report on `/healthz/ready`. A caller may register its own
+    /// pending task in it first to hold the proxy not-ready.
+    pub readiness: Option<Readiness>,
 }
 
 /// A running proxy.
@@ -44,17 +67,47 @@ pub struct App {
     pub inputs: Arc<ProxyInputs>,
     /// Local config reload counters.
     pub local_config: Arc<LocalConfigMetrics>,
+    /// Metrics registry.
+    pub metrics: Arc<Metrics>,
+    /// Readiness tracker.
+    pub readiness: Readiness,
     drain: Drain,
-    background: CancellationToken,
-    deadline: Duration,
+    shutdown: CancellationToken,
+    drained: watch::Receiver<Option<DrainOutcome>>,
 }
 
 /// Builds and starts everything described by `cfg`.
 pub async fn build(cfg: Config) -> anyhow::Result<App> {
+    build_with(cfg, BuildOptions::default()).await
+}
+
+/// [`build`] with the optional inputs.
+pub async fn build_with(cfg: Config, opts: BuildOptions) -> anyhow::Result<App> {
     let cfg = Arc::new(cfg);
     let state = Arc::new(StateStore::default());
     let background = CancellationToken::new();
+    let shutdown = CancellationToken::new();
+    let drain = Drain::new();
     let local_config = Arc::new(LocalConfigMetrics::default());
+    let metrics = Arc::new(Metrics::new(local_config.clone()));
+    let readiness = opts.readiness.unwrap_or_default();
+    let state_ready = readiness.register("state manager");
+    let proxy_ready = readiness.register("proxy");
+    let sockets = SocketFactory {
+        mark: cfg.packet_mark,
+    };
+
+    // Readiness answers first, so probes see "not ready" (not a refused port) during start-up.
+    let (readiness_listener, _) = sockets
+        .listen_any_family(cfg.readiness_addr, false)
+        .context("readiness listener")?;
+    let readiness_addr = readiness_listener.local_addr()?;
+    tokio::spawn(http_server::serve(
+        "readiness",
+        readiness_listener,
+        Arc::new(ReadinessService(readiness.clone())),
+        drain.stop_accepting.clone(),
+    ));
 
     if let Some(path) = &cfg.local_xds_path {
         let initial = localconfig::load_file(path)
@@ -69,6 +122,7 @@ pub async fn build(cfg: Config) -> anyhow::Result<App> {
             local_config.clone(),
         ));
     }
+    drop(state_ready);
 
     let source: Arc<dyn CertificateSource> = match &cfg.ca {
         CaSource::Local(dir) => Arc::new(
@@ -79,9 +133,6 @@ pub async fn build(cfg: Config) -> anyhow::Result<App> {
     };
     let certs = CertManager::new(source);
 
-    let sockets = SocketFactory {
-        mark: cfg.packet_mark,
-    };
     let spoof = proxy::decide_spoofing(&cfg, &sockets).map_err(anyhow::Error::msg)?;
     if !spoof {
         warn!("source IP preservation is off: applications will see the proxy's address");
@@ -93,8 +144,8 @@ pub async fn build(cfg: Config) -> anyhow::Result<App> {
         sockets,
         Arc::new(SoOriginalDst),
         spoof,
+        metrics.clone(),
     );
-    let drain = Drain::new();
 
     let (outbound, _) = sockets
         .listen_any_family(cfg.outbound_addr, true)
@@ -115,12 +166,40 @@ pub async fn build(cfg: Config) -> anyhow::Result<App> {
     } else {
         None
     };
+    let (admin, _) = sockets
+        .listen(cfg.admin_addr, false)
+        .context("admin listener")?;
+    let (metrics_listener, _) = sockets
+        .listen_any_family(cfg.metrics_addr, false)
+        .context("metrics listener")?;
     let bound = Bound {
         outbound: outbound.local_addr()?,
         inbound_plaintext: plaintext.local_addr()?,
         inbound: inbound.local_addr()?,
         socks5: socks5.as_ref().map(|l| l.local_addr()).transpose()?,
+        admin: admin.local_addr()?,
+        metrics: metrics_listener.local_addr()?,
+        readiness: readiness_addr,
     };
+    // Admin and metrics keep serving while connections drain; they stop with the process.
+    tokio::spawn(http_server::serve(
+        "admin",
+        admin,
+        Arc::new(AdminService {
+            cfg: cfg.clone(),
+            state: state.clone(),
+            certs: certs.clone(),
+            log: opts.log,
+            shutdown: shutdown.clone(),
+        }),
+        background.clone(),
+    ));
+    tokio::spawn(http_server::serve(
+        "metrics",
+        metrics_listener,
+        Arc::new(MetricsService(metrics.clone())),
+        background.clone(),
+    ));
 
     let spawn = |name: &'static str, l, h: Arc<dyn Handler>| {
         tokio::spawn(listener::run(name, l, h, drain.clone()));
@@ -179,11 +258,22 @@ pub async fn build(cfg: Config) -> anyhow::Result<App> {
         });
     }
 
+    let drained = spawn_lifecycle(
+        shutdown.clone(),
+        drain.clone(),
+        background,
+        cfg.termination_deadline,
+    );
+    drop(proxy_ready);
+
     info!(
         outbound = %bound.outbound,
         inbound = %bound.inbound,
         inbound_plaintext = %bound.inbound_plaintext,
         socks5 = ?bound.socks5,
+        admin = %bound.admin,
+        metrics = %bound.metrics,
+        readiness = %bound.readiness,
         spoof_source = spoof,
         "proxy ready"
     );
@@ -192,20 +282,60 @@ pub async fn build(cfg: Config) -> anyhow::Result<App> {
         state,
         inputs,
         local_config,
+        metrics,
+        readiness,
         drain,
-        background,
-        deadline: cfg.termination_deadline,
+        shutdown,
+        drained,
     })
+}
+
+/// Waits for the shutdown request (signal via `App::shutdown`, or `/quitquitquit`), then
+/// drains (reference §17): stop accepting, GOAWAY, wait up to `deadline`, force-close.
+fn spawn_lifecycle(
+    shutdown: CancellationToken,
+    drain: Drain,
+    background: CancellationToken,
+    deadline: Duration,
+) -> watch::Receiver<Option<DrainOutcome>> {
+    let (tx, rx) = watch::channel(None);
+    tokio::spawn(async move {
+        shutdown.cancelled().await;
+        info!(?deadline, "draining");
+        let outcome = drain.drain(deadline).await;
+        background.cancel();
+        info!(?outcome, "drained");
+        let _ = tx.send(Some(outcome));
+    });
+    rx
 }
 
 impl App {
     /// Graceful shutdown: stop accepting, GOAWAY, wait up to the deadline, force-close.
-    pub async fn shutdown(self) -> DrainOutcome {
-        info!(deadline = ?self.deadline, "draining");
-        let outcome = self.drain.drain(self.deadline).await;
-        self.background.cancel();
-        info!(?outcome, "drained");
-        outcome
+    pub async fn shutdown(mut self) -> DrainOutcome {
+        self.shutdown.cancel();
+        match self.drained.wait_for(Option::is_some).await {
+            Ok(done) => done.unwrap_or(DrainOutcome::Forced),
+            // The lifecycle task is gone (runtime shutting down): nothing left to wait for.
+            Err(_) => DrainOutcome::Forced,
+        }
+    }
+
+    /// Completes when shutdown was requested (by [`App::shutdown`], `/quitquitquit` or a
+    /// [`shutdown_trigger`](Self::shutdown_trigger) clone).
+    pub async fn shutdown_requested(&self) {
+        self.shutdown.cancelled().await;
+    }
+
+    /// A token that starts the graceful shutdown when cancelled.
+    pub fn shutdown_trigger(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Completes when a requested drain has finished, with its outcome.
+    pub async fn drained(&self) -> Option<DrainOutcome> {
+        let mut rx = self.drained.clone();
+        rx.wait_for(Option::is_some).await.ok().and_then(|d| *d)
     }
 
     /// A clone of the drain handle (for tests that watch it).

@@ -269,6 +269,8 @@ pub struct Config {
     pub admin_addr: SocketAddr,
     /// Readiness listener (15021).
     pub readiness_addr: SocketAddr,
+    /// Prometheus metrics listener (15020, wildcard).
+    pub metrics_addr: SocketAddr,
     /// Outbound upstream connect timeout.
     #[serde(with = "duration_str")]
     pub connect_timeout: Duration,
@@ -452,6 +454,7 @@ impl Config {
             socks5_addr: localhost(15080),
             admin_addr: localhost(15000),
             readiness_addr: wildcard(ipv6, 15021),
+            metrics_addr: wildcard(ipv6, 15020),
             connect_timeout: Duration::from_secs(10),
             log_format: var(src, env::LOG_FORMAT, LogFormat::from_str)?.unwrap_or(LogFormat::Text),
             local_config_poll: Duration::from_millis(250),

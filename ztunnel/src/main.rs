@@ -3,23 +3,13 @@
 use std::process::ExitCode;
 
 use tracing::{error, info};
-use tracing_subscriber::EnvFilter;
-use ztunnel::config::{Config, EnvSource, LogFormat};
+use ztunnel::app::BuildOptions;
+use ztunnel::config::{Config, EnvSource, env};
+use ztunnel::logging;
 
 const USAGE: &str = "usage: ztunnel [proxy|version|help]\n\
 Runs the node proxy (default: proxy). Configuration comes from environment variables; \
 see README.md.";
-
-fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stdout);
-    match format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.with_ansi(false).init(),
-    }
-}
 
 fn main() -> ExitCode {
     match std::env::args().nth(1).as_deref() {
@@ -44,7 +34,8 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    init_logging(cfg.log_format);
+    let rust_log = std::env::var(env::RUST_LOG).ok();
+    let log_control = logging::init(cfg.log_format, rust_log.as_deref());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("ztunnel")
@@ -60,14 +51,21 @@ fn main() -> ExitCode {
         if let Ok(json) = serde_json::to_string(&cfg) {
             info!(config = %json, "starting");
         }
-        let app = match ztunnel::app::build(cfg).await {
+        let opts = BuildOptions {
+            log: Some(log_control),
+            ..BuildOptions::default()
+        };
+        let app = match ztunnel::app::build_with(cfg, opts).await {
             Ok(app) => app,
             Err(e) => {
                 error!("start-up failed: {e:#}");
                 return ExitCode::from(1);
             }
         };
-        wait_for_signal().await;
+        tokio::select! {
+            () = wait_for_signal() => info!("signal received"),
+            () = app.shutdown_requested() => {}
+        }
         info!("shutdown requested; a second signal exits at once");
         tokio::select! {
             _ = app.shutdown() => ExitCode::SUCCESS,

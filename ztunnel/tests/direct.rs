@@ -74,6 +74,9 @@ fn proxy_config(dir: &Path, info: &str, ip: &str, socks: bool) -> Config {
     cfg.outbound_addr = format!("{ip}:0").parse().unwrap();
     cfg.inbound_plaintext_addr = format!("{ip}:0").parse().unwrap();
     cfg.socks5_addr = format!("{ip}:0").parse().unwrap();
+    cfg.admin_addr = format!("{ip}:0").parse().unwrap();
+    cfg.metrics_addr = format!("{ip}:0").parse().unwrap();
+    cfg.readiness_addr = format!("{ip}:0").parse().unwrap();
     cfg.local_config_poll = Duration::from_millis(20);
     cfg
 }

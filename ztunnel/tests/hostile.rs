@@ -122,6 +122,9 @@ fn proxy_config(dir: &Path, ip: &str) -> Config {
     cfg.outbound_addr = format!("{ip}:0").parse().unwrap();
     cfg.inbound_plaintext_addr = format!("{ip}:0").parse().unwrap();
     cfg.socks5_addr = format!("{ip}:0").parse().unwrap();
+    cfg.admin_addr = format!("{ip}:0").parse().unwrap();
+    cfg.metrics_addr = format!("{ip}:0").parse().unwrap();
+    cfg.readiness_addr = format!("{ip}:0").parse().unwrap();
     cfg
 }
 

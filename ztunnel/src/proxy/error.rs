@@ -1,4 +1,4 @@
-//! Data-path errors, classified for access logs and (later) metrics.
+//! Data-path errors, classified for access logs and metrics (`response_flag`).
 
 use std::io;
 use std::net::SocketAddr;

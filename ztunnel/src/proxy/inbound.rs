@@ -18,6 +18,7 @@ use super::hbone::{self, IncomingConnect};
 use super::{ProxyInputs, copy, is_illegal_port};
 use crate::drain::Drain;
 use crate::identity::BoxFuture;
+use crate::metrics::{ConnectionLabels, Reporter, SecurityPolicy};
 use crate::proxy::listener::Handler;
 use crate::rbac::RbacConnection;
 use crate::socket::canonical;
@@ -143,8 +144,16 @@ async fn handle_connect(
 ) {
     let start = Instant::now();
     let authority = req.authority().to_string();
+    let workload = inputs.local_workload().await;
+    let mut metrics = inputs.metrics.traffic.open(inbound_labels(
+        &inputs,
+        peer,
+        peer_identity.as_ref(),
+        workload.as_deref().ok(),
+        Some((&authority, req.headers())),
+    ));
     let result = async {
-        let workload = inputs.local_workload().await?;
+        let workload = workload?;
         let state = inputs.state.snapshot();
         let dst = resolve_target(&state, &workload, &authority, local)?;
         let conn = RbacConnection {
@@ -167,6 +176,7 @@ async fn handle_connect(
     let (workload, dst, guard, mut upstream) = match result {
         Ok(ok) => ok,
         Err(e) => {
+            metrics.failed(e.response_flag());
             warn!(
                 target: "access", direction = "inbound",
                 src.addr = %peer,
@@ -188,11 +198,22 @@ async fn handle_connect(
     let mut tunnel = match req.accept(resp_headers) {
         Ok(s) => s,
         Err(e) => {
+            let e = ProxyError::Hbone(e);
+            metrics.failed(e.response_flag());
             warn!(target: "access", direction = "inbound", src.addr = %peer, error = %e, "connection failed");
             return;
         }
     };
-    let res = copy::bidirectional(&mut tunnel, &mut upstream, Some(&guard.revoked)).await;
+    let res = copy::bidirectional_counted(
+        &mut tunnel,
+        &mut upstream,
+        Some(&guard.revoked),
+        metrics.bytes(),
+    )
+    .await;
+    if let Err(e) = &res {
+        metrics.failed(e.response_flag());
+    }
     log_inbound(
         peer,
         peer_identity.as_ref(),
@@ -202,6 +223,56 @@ async fn handle_connect(
         start,
         res,
     );
+}
+
+/// The `reporter="destination"` labels. The source is the workload at the peer address when
+/// the state knows it, else what the CONNECT's `baggage` says; its principal only ever comes
+/// from the mTLS peer. `hbone` is the CONNECT authority and headers (none for plaintext).
+fn inbound_labels(
+    inputs: &ProxyInputs,
+    peer: SocketAddr,
+    peer_identity: Option<&Identity>,
+    local: Option<&Workload>,
+    hbone: Option<(&str, &HeaderMap)>,
+) -> ConnectionLabels {
+    let i = inputs.metrics.traffic.interner();
+    let security = if hbone.is_some() {
+        SecurityPolicy::MutualTls
+    } else {
+        SecurityPolicy::Unknown
+    };
+    let state = inputs.state.snapshot();
+    let mut labels = ConnectionLabels::new(Reporter::Destination, security)
+        .with_source_principal(i, peer_identity);
+    if let Some(src) = state.workload_by_ip(&inputs.cfg.network, peer.ip()) {
+        labels = labels.with_source(i, &src);
+    } else if let Some(b) = hbone
+        .and_then(|(_, h)| h.get(headers::BAGGAGE))
+        .and_then(|v| headers::Baggage::parse(v.as_bytes()).ok())
+    {
+        let from_baggage = Workload {
+            name: b.workload_name.clone(),
+            namespace: b.namespace,
+            workload_name: b.workload_name,
+            canonical_name: b.service_name,
+            canonical_revision: b.service_version,
+            cluster_id: b.cluster,
+            ..Workload::default()
+        };
+        labels = labels.with_source(i, &from_baggage);
+    }
+    if let Some(w) = local {
+        labels = labels
+            .with_destination(i, w)
+            .with_destination_principal(i, Some(&w.identity()));
+        if let Some((authority, _)) = hbone
+            && let Ok(Authority::Hostname { host, .. }) = headers::parse_authority(authority)
+            && let Some(svc) = state.service_by_hostname(&host, &w.namespace)
+        {
+            labels = labels.with_service(i, &svc);
+        }
+    }
+    labels
 }
 
 fn log_inbound(
@@ -256,6 +327,14 @@ impl Handler for InboundPlaintext {
         Box::pin(async move {
             let start = Instant::now();
             let peer = canonical(peer);
+            let local = self.inputs.local_workload().await;
+            let mut metrics = self.inputs.metrics.traffic.open(inbound_labels(
+                &self.inputs,
+                peer,
+                None,
+                local.as_deref().ok(),
+                None,
+            ));
             let result = async {
                 let dst = self
                     .inputs
@@ -265,7 +344,7 @@ impl Handler for InboundPlaintext {
                 if is_illegal_port(dst.port()) {
                     return Err(ProxyError::SelfCall(dst));
                 }
-                let workload = self.inputs.local_workload().await?;
+                let workload = local?;
                 let conn = RbacConnection {
                     src: peer,
                     src_identity: None,
@@ -283,18 +362,29 @@ impl Handler for InboundPlaintext {
             .await;
             match result {
                 Ok((workload, dst, guard, mut upstream)) => {
-                    let res =
-                        copy::bidirectional(&mut stream, &mut upstream, Some(&guard.revoked)).await;
+                    let res = copy::bidirectional_counted(
+                        &mut stream,
+                        &mut upstream,
+                        Some(&guard.revoked),
+                        metrics.bytes(),
+                    )
+                    .await;
+                    if let Err(e) = &res {
+                        metrics.failed(e.response_flag());
+                    }
                     log_inbound(peer, None, dst, None, &workload, start, res);
                 }
-                Err(e) => warn!(
+                Err(e) => {
+                    metrics.failed(e.response_flag());
+                    warn!(
                     target: "access", direction = "inbound",
                     src.addr = %peer,
                     connection_security_policy = "unknown",
                     response_flags = e.response_flag(),
                     error = %e,
                     "connection complete"
-                ),
+                    )
+                }
             }
         })
     }

@@ -18,6 +18,7 @@ use tokio_rustls::TlsConnector;
 
 use crate::config::{Config, OrigSrc};
 use crate::identity::{BoxFuture, CertManager, WorkloadCertificate};
+use crate::metrics::Metrics;
 use crate::socket::{OriginalDestination, SocketFactory};
 use crate::state::{StateStore, Workload};
 use crate::tls;
@@ -61,6 +62,8 @@ pub struct ProxyInputs {
     pub h2: H2Settings,
     /// Whether upstream connections to the app spoof the client IP.
     pub spoof_source: bool,
+    /// Traffic metrics.
+    pub metrics: Arc<Metrics>,
     /// Server TLS config for the current certificate (rebuilt when the cert changes).
     server_config: Mutex<Option<(Arc<WorkloadCertificate>, Arc<rustls::ServerConfig>)>>,
 }
@@ -75,6 +78,7 @@ impl ProxyInputs {
         sockets: SocketFactory,
         orig_dst: Arc<dyn OriginalDestination>,
         spoof_source: bool,
+        metrics: Arc<Metrics>,
     ) -> Arc<ProxyInputs> {
         let h2 = H2Settings {
             stream_window: cfg.http2.stream_window,
@@ -104,6 +108,7 @@ impl ProxyInputs {
             connections: Arc::new(ConnectionManager::default()),
             h2,
             spoof_source,
+            metrics,
             server_config: Mutex::new(None),
         })
     }

@@ -15,6 +15,7 @@ use super::hbone::{self, headers};
 use super::pool::WorkloadKey;
 use super::{ProxyInputs, copy, is_illegal_port};
 use crate::identity::BoxFuture;
+use crate::metrics::{ByteCounters, ConnectionLabels, Reporter, SecurityPolicy, TrafficMetrics};
 use crate::proxy::listener::Handler;
 use crate::state::{InboundProtocol, LoadBalancerMode, ProxyState, Service, Workload};
 
@@ -160,16 +161,28 @@ impl ProxyInputs {
         };
         let state = self.state.snapshot();
         let route = route(&state, &self.cfg.network, &source, orig);
+        let labels = outbound_labels(
+            &self.metrics.traffic,
+            &state,
+            &self.cfg.network,
+            &source,
+            orig,
+            route.as_ref().ok(),
+        );
         drop(state);
+        let mut metrics = self.metrics.traffic.open(labels);
         let src_identity = source.identity();
         let result = match route {
             Err(e) => Err((e, None)),
             Ok(route) => {
                 debug!(?route, "outbound route");
-                self.forward(stream, peer, &src_identity, &source, route)
+                self.forward(stream, peer, &src_identity, &source, route, metrics.bytes())
                     .await
             }
         };
+        if let Err((e, _)) = &result {
+            metrics.failed(e.response_flag());
+        }
         let duration = start.elapsed();
         match result {
             Ok(done) => info!(
@@ -207,6 +220,7 @@ impl ProxyInputs {
         src_identity: &Identity,
         source: &Workload,
         route: Route,
+        counters: &ByteCounters,
     ) -> Result<Completed, (ProxyError, Option<SocketAddr>)> {
         match route {
             Route::Passthrough { dst } | Route::Tcp { dst } => {
@@ -215,7 +229,7 @@ impl ProxyInputs {
                     .connect(dst, None, self.cfg.connect_timeout)
                     .await
                     .map_err(|source| (ProxyError::Connect { dst, source }, Some(dst)))?;
-                let bytes = copy::bidirectional(&mut stream, &mut upstream, None)
+                let bytes = copy::bidirectional_counted(&mut stream, &mut upstream, None, counters)
                     .await
                     .map_err(|e| (e, Some(dst)))?;
                 Ok(Completed {
@@ -257,7 +271,7 @@ impl ProxyInputs {
                     .send_request(&key, req)
                     .await
                     .map_err(|e| (ProxyError::Hbone(e), Some(dst)))?;
-                let bytes = copy::bidirectional(&mut stream, &mut tunnel, None)
+                let bytes = copy::bidirectional_counted(&mut stream, &mut tunnel, None, counters)
                     .await
                     .map_err(|e| (e, Some(dst)))?;
                 Ok(Completed {
@@ -269,6 +283,43 @@ impl ProxyInputs {
             }
         }
     }
+}
+
+/// The `reporter="source"` labels: the local workload and identity, the service when the
+/// original destination is a VIP, and the destination workload the route picked (its
+/// principal only when HBONE verifies it).
+fn outbound_labels(
+    traffic: &TrafficMetrics,
+    state: &ProxyState,
+    network: &str,
+    source: &Workload,
+    orig: SocketAddr,
+    route: Option<&Route>,
+) -> ConnectionLabels {
+    let i = traffic.interner();
+    let security = match route {
+        Some(Route::Hbone { .. }) => SecurityPolicy::MutualTls,
+        _ => SecurityPolicy::Unknown,
+    };
+    let mut labels = ConnectionLabels::new(Reporter::Source, security)
+        .with_source(i, source)
+        .with_source_principal(i, Some(&source.identity()));
+    if let Some(svc) = state.service_by_vip(network, orig.ip(), &source.namespace) {
+        labels = labels.with_service(i, &svc);
+    }
+    let (dst_ip, principal) = match route {
+        Some(Route::Hbone {
+            target,
+            dst_identity,
+            ..
+        }) => (Some(target.ip()), Some(dst_identity)),
+        Some(Route::Tcp { dst }) => (Some(dst.ip()), None),
+        _ => (None, None),
+    };
+    if let Some(w) = dst_ip.and_then(|ip| state.workload_by_ip(network, ip)) {
+        labels = labels.with_destination(i, &w);
+    }
+    labels.with_destination_principal(i, principal)
 }
 
 /// What a finished connection reports.

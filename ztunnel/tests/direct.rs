@@ -4,82 +4,13 @@
 #![allow(clippy::unwrap_used, reason = "test code: a panic is a test failure")]
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use ztunnel::app::{self, App};
-use ztunnel::config::{Config, OrigSrc};
-
-/// Echo server that reports each peer address it accepted.
-async fn echo_server(ip: &str) -> (SocketAddr, mpsc::UnboundedReceiver<SocketAddr>) {
-    let l = TcpListener::bind((ip, 0)).await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, peer)) = l.accept().await else {
-                return;
-            };
-            let _ = tx.send(peer);
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-                let _ = w.shutdown().await;
-            });
-        }
-    });
-    (addr, rx)
-}
-
-fn config_yaml(net: u8, policies: &str) -> String {
-    format!(
-        r#"
-workloads:
-- uid: cluster1//v1/Pod/default/client
-  name: client
-  namespace: default
-  serviceAccount: client
-  node: node1
-  workloadIps: ["127.0.{net}.1"]
-  protocol: HBONE
-- uid: cluster1//v1/Pod/default/server
-  name: server
-  namespace: default
-  serviceAccount: server
-  node: node2
-  workloadIps: ["127.0.{net}.2"]
-  protocol: HBONE
-policies: {policies}
-"#
-    )
-}
-
-fn proxy_config(dir: &Path, info: &str, ip: &str, socks: bool) -> Config {
-    let yaml = dir.join("config.yaml");
-    let ca = dir.join("ca");
-    let src = std::collections::HashMap::from([
-        ("PROXY_MODE".to_string(), "dedicated".to_string()),
-        ("PROXY_WORKLOAD_INFO".to_string(), info.to_string()),
-        ("LOCAL_XDS_PATH".to_string(), yaml.display().to_string()),
-        ("LOCAL_CA_DIR".to_string(), ca.display().to_string()),
-        ("UNSTABLE_ENABLE_SOCKS5".to_string(), socks.to_string()),
-    ]);
-    let mut cfg = Config::from_source(&src).unwrap();
-    cfg.packet_mark = None;
-    cfg.orig_src = OrigSrc::Disabled;
-    cfg.inbound_addr = format!("{ip}:15008").parse().unwrap();
-    cfg.outbound_addr = format!("{ip}:0").parse().unwrap();
-    cfg.inbound_plaintext_addr = format!("{ip}:0").parse().unwrap();
-    cfg.socks5_addr = format!("{ip}:0").parse().unwrap();
-    cfg.admin_addr = format!("{ip}:0").parse().unwrap();
-    cfg.metrics_addr = format!("{ip}:0").parse().unwrap();
-    cfg.readiness_addr = format!("{ip}:0").parse().unwrap();
-    cfg.local_config_poll = Duration::from_millis(20);
-    cfg
-}
+use ztunnel::test_helpers::inprocess::{echo_server, loopback_config, two_workloads_yaml};
 
 async fn socks_connect(socks: SocketAddr, target: SocketAddr) -> TcpStream {
     let mut s = TcpStream::connect(socks).await.unwrap();
@@ -129,21 +60,27 @@ fn init_logs() {
 async fn mesh(net: u8, policies: &str) -> Mesh {
     init_logs();
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("config.yaml"), config_yaml(net, policies)).unwrap();
+    std::fs::write(
+        dir.path().join("config.yaml"),
+        two_workloads_yaml(net, policies),
+    )
+    .unwrap();
     let (echo, echo_peers) = echo_server(&format!("127.0.{net}.2")).await;
-    let b = app::build(proxy_config(
+    let b = app::build(loopback_config(
         dir.path(),
         "default/server/server",
         &format!("127.0.{net}.2"),
+        &[],
         false,
     ))
     .await
     .unwrap();
-    let a = app::build(proxy_config(
+    let a = app::build(loopback_config(
         dir.path(),
         "default/client/client",
         &format!("127.0.{net}.1"),
-        true,
+        &[("UNSTABLE_ENABLE_SOCKS5", "true")],
+        false,
     ))
     .await
     .unwrap();

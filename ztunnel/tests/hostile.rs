@@ -14,7 +14,6 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -30,10 +29,10 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use tracing::info;
 use ztunnel::app::{self, App};
-use ztunnel::config::{Config, OrigSrc};
 use ztunnel::drain::DrainOutcome;
 use ztunnel::identity::{LocalCa, WorkloadCertificate};
 use ztunnel::proxy::hbone::{self, H2Client, H2Settings, HboneError};
+use ztunnel::test_helpers::inprocess::{echo_server, loopback_config, two_workloads_yaml};
 use ztunnel::tls;
 
 /// Bound on every network await: generous, the machine is shared.
@@ -60,74 +59,6 @@ async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
     }
 }
 
-/// An echo server: copies each connection back until EOF, then half-closes.
-async fn echo_server(ip: &str) -> SocketAddr {
-    let l = TcpListener::bind((ip, 0)).await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-                let _ = w.shutdown().await;
-            });
-        }
-    });
-    addr
-}
-
-fn config_yaml(net: u8, policies: &str) -> String {
-    format!(
-        r#"
-workloads:
-- uid: cluster1//v1/Pod/default/client
-  name: client
-  namespace: default
-  serviceAccount: client
-  node: node1
-  workloadIps: ["127.0.{net}.1"]
-  protocol: HBONE
-- uid: cluster1//v1/Pod/default/server
-  name: server
-  namespace: default
-  serviceAccount: server
-  node: node2
-  workloadIps: ["127.0.{net}.2"]
-  protocol: HBONE
-policies: {policies}
-"#
-    )
-}
-
-fn proxy_config(dir: &Path, ip: &str) -> Config {
-    let src = std::collections::HashMap::from([
-        ("PROXY_MODE".to_string(), "dedicated".to_string()),
-        (
-            "PROXY_WORKLOAD_INFO".to_string(),
-            "default/server/server".to_string(),
-        ),
-        (
-            "LOCAL_XDS_PATH".to_string(),
-            dir.join("config.yaml").display().to_string(),
-        ),
-        (
-            "LOCAL_CA_DIR".to_string(),
-            dir.join("ca").display().to_string(),
-        ),
-    ]);
-    let mut cfg = Config::from_source(&src).unwrap();
-    cfg.packet_mark = None;
-    cfg.orig_src = OrigSrc::Disabled;
-    cfg.inbound_addr = format!("{ip}:15008").parse().unwrap();
-    cfg.outbound_addr = format!("{ip}:0").parse().unwrap();
-    cfg.inbound_plaintext_addr = format!("{ip}:0").parse().unwrap();
-    cfg.socks5_addr = format!("{ip}:0").parse().unwrap();
-    cfg.admin_addr = format!("{ip}:0").parse().unwrap();
-    cfg.metrics_addr = format!("{ip}:0").parse().unwrap();
-    cfg.readiness_addr = format!("{ip}:0").parse().unwrap();
-    cfg
-}
-
 fn identity(sa: &str) -> Identity {
     Identity::new(TRUST_DOMAIN, NAMESPACE, sa)
 }
@@ -150,10 +81,22 @@ impl Server {
     async fn start(net: u8, policies: &str) -> Server {
         init_logs();
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("config.yaml"), config_yaml(net, policies)).unwrap();
+        std::fs::write(
+            dir.path().join("config.yaml"),
+            two_workloads_yaml(net, policies),
+        )
+        .unwrap();
         let ip = format!("127.0.{net}.2");
-        let echo = echo_server(&ip).await;
-        let app = app::build(proxy_config(dir.path(), &ip)).await.unwrap();
+        let (echo, _) = echo_server(&ip).await;
+        let app = app::build(loopback_config(
+            dir.path(),
+            "default/server/server",
+            &ip,
+            &[],
+            false,
+        ))
+        .await
+        .unwrap();
         let hbone = app.bound.inbound;
         // The proxy created its CA in `<dir>/ca` during `build`; same files, same root.
         let ca = LocalCa::load_or_create(

@@ -11,95 +11,19 @@ use std::path::Path;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use ztunnel::app::{self, App, BuildOptions};
-use ztunnel::config::{Config, OrigSrc};
+use ztunnel::config::Config;
 use ztunnel::drain::DrainOutcome;
 use ztunnel::logging::{self, LogControl};
 use ztunnel::readiness::Readiness;
+use ztunnel::test_helpers::inprocess::{echo_server, loopback_config, two_workloads_yaml};
 
 /// Bound on every wait: generous, the machine is shared.
 const PATIENCE: Duration = Duration::from_secs(15);
 
 const CLIENT_ID: &str = "spiffe://cluster.local/ns/default/sa/client";
 const SERVER_ID: &str = "spiffe://cluster.local/ns/default/sa/server";
-
-async fn echo_server(ip: &str) -> SocketAddr {
-    let l = TcpListener::bind((ip, 0)).await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-                let _ = w.shutdown().await;
-            });
-        }
-    });
-    addr
-}
-
-fn config_yaml(net: u8, policies: &str) -> String {
-    format!(
-        r#"
-workloads:
-- uid: cluster1//v1/Pod/default/client
-  name: client
-  namespace: default
-  serviceAccount: client
-  node: node1
-  workloadIps: ["127.0.{net}.1"]
-  protocol: HBONE
-- uid: cluster1//v1/Pod/default/server
-  name: server
-  namespace: default
-  serviceAccount: server
-  node: node2
-  workloadIps: ["127.0.{net}.2"]
-  protocol: HBONE
-policies: {policies}
-"#
-    )
-}
-
-/// A dedicated proxy on `ip`: HBONE on 15008, everything else on port 0 unless `fixed`
-/// (then on the well-known ports, for the bind-beside-a-draining-proxy test).
-fn proxy_config(dir: &Path, info: &str, ip: &str, fixed: bool) -> Config {
-    let src = std::collections::HashMap::from([
-        ("PROXY_MODE".to_string(), "dedicated".to_string()),
-        ("PROXY_WORKLOAD_INFO".to_string(), info.to_string()),
-        (
-            "LOCAL_XDS_PATH".to_string(),
-            dir.join("config.yaml").display().to_string(),
-        ),
-        (
-            "LOCAL_CA_DIR".to_string(),
-            dir.join("ca").display().to_string(),
-        ),
-        ("UNSTABLE_ENABLE_SOCKS5".to_string(), "true".to_string()),
-        (
-            "CONNECTION_TERMINATION_DEADLINE".to_string(),
-            "20s".to_string(),
-        ),
-    ]);
-    let mut cfg = Config::from_source(&src).unwrap();
-    cfg.packet_mark = None;
-    cfg.orig_src = OrigSrc::Disabled;
-    let addr = |port: u16| -> SocketAddr {
-        format!("{ip}:{}", if fixed { port } else { 0 })
-            .parse()
-            .unwrap()
-    };
-    cfg.inbound_addr = format!("{ip}:15008").parse().unwrap();
-    cfg.outbound_addr = addr(15001);
-    cfg.inbound_plaintext_addr = addr(15006);
-    cfg.socks5_addr = addr(15080);
-    cfg.admin_addr = addr(15000);
-    cfg.metrics_addr = addr(15020);
-    cfg.readiness_addr = addr(15021);
-    cfg.local_config_poll = Duration::from_millis(20);
-    cfg
-}
 
 struct Mesh {
     dir: tempfile::TempDir,
@@ -119,8 +43,12 @@ fn init_logs() {
 async fn mesh(net: u8, policies: &str, fixed: bool) -> Mesh {
     init_logs();
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("config.yaml"), config_yaml(net, policies)).unwrap();
-    let echo = echo_server(&format!("127.0.{net}.2")).await;
+    std::fs::write(
+        dir.path().join("config.yaml"),
+        two_workloads_yaml(net, policies),
+    )
+    .unwrap();
+    let (echo, _) = echo_server(&format!("127.0.{net}.2")).await;
     let b = app::build(proxy_config(
         dir.path(),
         "default/server/server",
@@ -139,6 +67,15 @@ async fn mesh(net: u8, policies: &str, fixed: bool) -> Mesh {
         b,
         echo,
     }
+}
+
+/// Both proxies get SOCKS5 and a long drain deadline (the drain test needs time to look).
+fn proxy_config(dir: &Path, info: &str, ip: &str, fixed: bool) -> Config {
+    let env = [
+        ("UNSTABLE_ENABLE_SOCKS5", "true"),
+        ("CONNECTION_TERMINATION_DEADLINE", "20s"),
+    ];
+    loopback_config(dir, info, ip, &env, fixed)
 }
 
 fn client_config(dir: &Path, net: u8, fixed: bool) -> Config {
@@ -422,7 +359,11 @@ async fn readiness_reports_pending_tasks_until_they_finish() {
     init_logs();
     let net = 34;
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("config.yaml"), config_yaml(net, "[]")).unwrap();
+    std::fs::write(
+        dir.path().join("config.yaml"),
+        two_workloads_yaml(net, "[]"),
+    )
+    .unwrap();
     let readiness = Readiness::new();
     let gate = readiness.register("test gate");
     let app = app::build_with(
@@ -450,7 +391,11 @@ async fn logging_levels_change_at_run_time() {
     init_logs();
     let net = 35;
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("config.yaml"), config_yaml(net, "[]")).unwrap();
+    std::fs::write(
+        dir.path().join("config.yaml"),
+        two_workloads_yaml(net, "[]"),
+    )
+    .unwrap();
     // The filter layer is not installed globally (tests share one process); its handle
     // still reloads, which is what `/logging` drives.
     let (_layer, control) = logging::reloadable("info");

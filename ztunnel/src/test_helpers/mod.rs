@@ -1,3 +1,4 @@
 //! Test helpers (feature `testing`): never part of a production build.
 
+pub mod inprocess;
 pub mod netns;

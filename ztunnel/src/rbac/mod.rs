@@ -48,16 +48,21 @@ impl Authorization {
     /// matches everything, an empty clause is true); a clause's matches are OR'd, and an
     /// entirely empty match never matches.
     pub fn matches(&self, conn: &RbacConnection) -> bool {
-        let peer = Peer::of(conn);
+        self.matches_peer(&Peer::of(conn))
+    }
+
+    /// [`Authorization::matches`] with the connection facts already computed (they are the
+    /// same for every policy evaluated against one connection).
+    pub(crate) fn matches_peer(&self, peer: &Peer<'_>) -> bool {
         self.rules.iter().any(|rule| {
             rule.iter()
-                .all(|clause| clause.is_empty() || clause.iter().any(|m| m.matches(&peer)))
+                .all(|clause| clause.is_empty() || clause.iter().any(|m| m.matches(peer)))
         })
     }
 }
 
 /// The facts about a connection that policies look at, computed once per evaluation.
-struct Peer<'a> {
+pub(crate) struct Peer<'a> {
     /// The peer identity without `spiffe://`; empty for plaintext.
     principal: String,
     identity: Option<&'a Identity>,
@@ -67,7 +72,7 @@ struct Peer<'a> {
 }
 
 impl<'a> Peer<'a> {
-    fn of(conn: &'a RbacConnection) -> Self {
+    pub(crate) fn of(conn: &'a RbacConnection) -> Self {
         let principal = conn
             .src_identity
             .as_ref()

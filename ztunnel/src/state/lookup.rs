@@ -337,40 +337,61 @@ impl ProxyState {
         workload: &Workload,
         conn: &RbacConnection,
     ) -> Result<(), rbac::Denied> {
-        let policies = self.policies_for(workload);
-
-        for policy in policies.iter().filter(|p| p.dry_run) {
-            let matched = policy.matches(conn);
-            let result = match (policy.action, matched) {
-                (PolicyAction::Deny, true) => "deny",
-                (PolicyAction::Allow, true) => "allow",
-                (_, false) => "no match",
-            };
-            info!(policy = %policy.key(), action = ?policy.action, matched, result,
-                src = %conn.src, dst = %conn.dst, "dry-run authorization policy evaluated");
+        // One pass, no allocation: this runs for every inbound connection and again for
+        // every live connection on each policy change. A DENY match ends it at once; ALLOW
+        // matching stops at the first match but the pass goes on for later DENYs.
+        let peer = rbac::Peer::of(conn);
+        let mut allow_policies = false;
+        let mut allowed = false;
+        for policy in self.applicable_policies(workload) {
+            if policy.dry_run {
+                let matched = policy.matches_peer(&peer);
+                let result = match (policy.action, matched) {
+                    (PolicyAction::Deny, true) => "deny",
+                    (PolicyAction::Allow, true) => "allow",
+                    (_, false) => "no match",
+                };
+                info!(policy = %policy.key(), action = ?policy.action, matched, result,
+                    src = %conn.src, dst = %conn.dst, "dry-run authorization policy evaluated");
+                continue;
+            }
+            match policy.action {
+                PolicyAction::Deny if policy.matches_peer(&peer) => {
+                    return Err(rbac::Denied::ExplicitlyDenied {
+                        namespace: policy.namespace.clone(),
+                        name: policy.name.clone(),
+                    });
+                }
+                PolicyAction::Deny => {}
+                PolicyAction::Allow => {
+                    allow_policies = true;
+                    allowed = allowed || policy.matches_peer(&peer);
+                }
+            }
         }
-
-        let enforced = || policies.iter().filter(|p| !p.dry_run);
-        if let Some(policy) = enforced()
-            .filter(|p| p.action == PolicyAction::Deny)
-            .find(|p| p.matches(conn))
-        {
-            return Err(rbac::Denied::ExplicitlyDenied {
-                namespace: policy.namespace.clone(),
-                name: policy.name.clone(),
-            });
-        }
-        let mut allows = enforced()
-            .filter(|p| p.action == PolicyAction::Allow)
-            .peekable();
-        if allows.peek().is_none() {
-            return Ok(());
-        }
-        if allows.any(|p| p.matches(conn)) {
+        if !allow_policies || allowed {
             Ok(())
         } else {
             Err(rbac::Denied::NotAllowed)
         }
+    }
+
+    /// The policies that apply to `workload`, without allocating (unknown selector keys
+    /// are skipped; [`ProxyState::policies_for`] warns about them).
+    fn applicable_policies<'s>(
+        &'s self,
+        workload: &'s Workload,
+    ) -> impl Iterator<Item = &'s Arc<Authorization>> + 's {
+        let global = self.policies_by_namespace.get("").into_iter().flatten();
+        let namespaced = (!workload.namespace.is_empty())
+            .then(|| self.policies_by_namespace.get(workload.namespace.as_str()))
+            .flatten()
+            .into_iter()
+            .flatten();
+        global
+            .chain(namespaced)
+            .chain(workload.authorization_policies.iter())
+            .filter_map(|key| self.policies.get(key))
     }
 }
 

@@ -11,10 +11,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::admin::AdminService;
-use crate::config::{CaSource, Config};
+use crate::config::{CaSource, Config, ProxyMode};
+use crate::control::{AuthHeaders, ControlTarget};
 use crate::drain::{Drain, DrainOutcome};
 use crate::http_server;
-use crate::identity::{CertManager, CertificateSource, LocalCa};
+use crate::identity::{CaClient, CertManager, CertificateSource, LocalCa};
 use crate::localconfig::{self, LocalConfigMetrics};
 use crate::logging::LogControl;
 use crate::metrics::{Metrics, MetricsService};
@@ -26,6 +27,7 @@ use crate::proxy::{self, ProxyInputs};
 use crate::readiness::{Readiness, ReadinessService};
 use crate::socket::{SoOriginalDst, SocketFactory};
 use crate::state::StateStore;
+use crate::xds::XdsClient;
 
 /// The addresses the proxy actually bound.
 #[derive(Debug, Clone)]
@@ -109,27 +111,73 @@ pub async fn build_with(cfg: Config, opts: BuildOptions) -> anyhow::Result<App> 
         drain.stop_accepting.clone(),
     ));
 
+    // With xDS on, the xDS client is the only writer of `state`: the local file (if any) is
+    // watched into a store of its own and merged in by the client (xDS resources, then the
+    // file's). Without xDS the file is the state.
+    let local_store = match (&cfg.xds_address, &cfg.local_xds_path) {
+        (Some(_), Some(_)) => Some(Arc::new(StateStore::default())),
+        _ => None,
+    };
     if let Some(path) = &cfg.local_xds_path {
+        let target = local_store.clone().unwrap_or_else(|| state.clone());
         let initial = localconfig::load_file(path)
             .with_context(|| format!("loading LOCAL_XDS_PATH {}", path.display()))?;
-        state.publish(initial);
-        info!(path = %path.display(), version = state.version(), "local config applied");
+        target.publish(initial);
+        info!(path = %path.display(), version = target.version(), "local config applied");
         tokio::spawn(localconfig::watch(
             path.clone(),
-            state.clone(),
+            target,
             cfg.local_config_poll,
             background.clone(),
             local_config.clone(),
         ));
     }
-    drop(state_ready);
+    // Started once nothing below can fail (a failed build leaves no client running); it
+    // holds `state manager` until the first response of each type is applied and answered.
+    let xds_client = match &cfg.xds_address {
+        Some(address) => {
+            let mut client = XdsClient::new(
+                &cfg,
+                address.clone(),
+                state.clone(),
+                metrics.xds.clone(),
+                sockets,
+            )
+            .with_readiness(state_ready);
+            if let Some(local) = &local_store {
+                client = client.with_local(local.clone());
+            }
+            Some(client)
+        }
+        None => {
+            drop(state_ready);
+            None
+        }
+    };
 
     let source: Arc<dyn CertificateSource> = match &cfg.ca {
         CaSource::Local(dir) => Arc::new(
             LocalCa::load_or_create(dir, &cfg.trust_domain, cfg.secret_ttl)
                 .with_context(|| format!("local CA in {}", dir.display()))?,
         ),
-        CaSource::Istio(addr) => anyhow::bail!("Istio CA client not available yet ({addr})"),
+        CaSource::Istio(address) => {
+            // Shared mode asks for each pod's identity under the proxy's own credentials.
+            let impersonate = cfg.proxy_mode == ProxyMode::Shared;
+            info!(%address, impersonate, "Istio CA client");
+            Arc::new(CaClient::new(
+                ControlTarget {
+                    address: address.clone(),
+                    roots: cfg.control.ca_root_ca.clone(),
+                    sockets,
+                },
+                AuthHeaders {
+                    token: cfg.control.auth_token.clone(),
+                    cluster_id: cfg.cluster_id.clone(),
+                },
+                cfg.secret_ttl,
+                impersonate,
+            )?)
+        }
     };
     let certs = CertManager::new(source);
 
@@ -201,6 +249,16 @@ pub async fn build_with(cfg: Config, opts: BuildOptions) -> anyhow::Result<App> 
         background.clone(),
     ));
 
+    if let Some(client) = xds_client {
+        info!(
+            address = cfg.xds_address.as_deref().unwrap_or_default(),
+            node = client.node_id(),
+            merged_with_local_config = local_store.is_some(),
+            "xDS client starting"
+        );
+        tokio::spawn(client.run(background.clone()));
+    }
+
     let spawn = |name: &'static str, l, h: Arc<dyn Handler>| {
         tokio::spawn(listener::run(name, l, h, drain.clone()));
     };
@@ -242,16 +300,16 @@ pub async fn build_with(cfg: Config, opts: BuildOptions) -> anyhow::Result<App> 
             .watch(state.clone(), background.clone()),
     );
 
-    // Warm the certificate of the workload we serve so the first connection does not wait.
-    if let Ok(w) = tokio::time::timeout(Duration::from_millis(1), inputs.local_workload())
-        .await
-        .unwrap_or(Err(crate::proxy::error::ProxyError::UnknownLocalWorkload(
-            String::new(),
-        )))
+    // Warm the certificate of the workload we serve so the first connection does not wait
+    // (once the configuration names it: with xDS that may take a moment).
     {
+        let inputs = inputs.clone();
         let certs = certs.clone();
-        let id = w.identity();
         tokio::spawn(async move {
+            let Ok(w) = inputs.local_workload().await else {
+                return;
+            };
+            let id = w.identity();
             if let Err(e) = certs.fetch_certificate(&id).await {
                 warn!(identity = %id, error = %e, "certificate prefetch failed");
             }

@@ -11,6 +11,11 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+mod control;
+
+pub(crate) use control::parse_pem_certs;
+pub use control::{AuthToken, ControlPlaneConfig, RootCerts, is_plaintext};
+
 /// Environment variable names (Istio's where Istio has one).
 pub mod env {
     /// Path of the local YAML config (workloads, services, policies).
@@ -19,6 +24,18 @@ pub mod env {
     pub const XDS_ADDRESS: &str = "XDS_ADDRESS";
     /// Istio CA address; empty selects the local CA.
     pub const CA_ADDRESS: &str = "CA_ADDRESS";
+    /// Roots verifying the xDS server: a path, `SYSTEM`, or inline PEM.
+    pub const XDS_ROOT_CA: &str = "XDS_ROOT_CA";
+    /// Roots verifying the Istio CA: a path, `SYSTEM`, or inline PEM.
+    pub const CA_ROOT_CA: &str = "CA_ROOT_CA";
+    /// Bearer token for xDS and CA requests: a file path, or the token itself.
+    pub const AUTH_TOKEN: &str = "AUTH_TOKEN";
+    /// This proxy's pod name (xDS node id).
+    pub const POD_NAME: &str = "POD_NAME";
+    /// This proxy's pod namespace (xDS node id).
+    pub const POD_NAMESPACE: &str = "POD_NAMESPACE";
+    /// This proxy's pod IP (xDS node id).
+    pub const INSTANCE_IP: &str = "INSTANCE_IP";
     /// Directory of the local (plug-in layout) CA.
     pub const LOCAL_CA_DIR: &str = "LOCAL_CA_DIR";
     /// `shared` or `dedicated`.
@@ -69,6 +86,20 @@ pub mod env {
 pub trait Source {
     /// The value of `key`, if set.
     fn get(&self, key: &str) -> Option<String>;
+    /// Every variable whose name starts with `prefix` (e.g. `ISTIO_META_`), sorted by name.
+    fn vars_with_prefix(&self, prefix: &str) -> Vec<(String, String)>;
+}
+
+fn sorted_with_prefix<'a>(
+    vars: impl Iterator<Item = (&'a str, &'a str)>,
+    prefix: &str,
+) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = vars
+        .filter(|(k, _)| k.starts_with(prefix))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    out.sort();
+    out
 }
 
 /// The process environment.
@@ -79,17 +110,30 @@ impl Source for EnvSource {
     fn get(&self, key: &str) -> Option<String> {
         std::env::var(key).ok()
     }
+    fn vars_with_prefix(&self, prefix: &str) -> Vec<(String, String)> {
+        // Non-UTF-8 variables cannot be metadata anyway; skip them.
+        let vars: Vec<(String, String)> = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .collect();
+        sorted_with_prefix(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())), prefix)
+    }
 }
 
 impl Source for HashMap<String, String> {
     fn get(&self, key: &str) -> Option<String> {
         HashMap::get(self, key).cloned()
     }
+    fn vars_with_prefix(&self, prefix: &str) -> Vec<(String, String)> {
+        sorted_with_prefix(self.iter().map(|(k, v)| (k.as_str(), v.as_str())), prefix)
+    }
 }
 
 impl Source for HashMap<&str, &str> {
     fn get(&self, key: &str) -> Option<String> {
         HashMap::get(self, key).map(|v| v.to_string())
+    }
+    fn vars_with_prefix(&self, prefix: &str) -> Vec<(String, String)> {
+        sorted_with_prefix(self.iter().map(|(k, v)| (*k, *v)), prefix)
     }
 }
 
@@ -188,7 +232,7 @@ impl FromStr for LogFormat {
 pub enum CaSource {
     /// Sign locally with the plug-in CA in this directory (created if empty).
     Local(PathBuf),
-    /// Ask an Istio CA at this address.
+    /// Ask an Istio CA at this address (`https://host:port`, or `http://` for plaintext).
     Istio(String),
 }
 
@@ -234,10 +278,12 @@ pub struct Config {
     pub network: String,
     /// Local YAML config, watched for changes.
     pub local_xds_path: Option<PathBuf>,
-    /// xDS server; `None` disables xDS.
+    /// xDS server (`https://host:port`, or `http://` for plaintext); `None` disables xDS.
     pub xds_address: Option<String>,
     /// Certificate source.
     pub ca: CaSource,
+    /// Roots, token and node identity for the xDS server and the CA.
+    pub control: ControlPlaneConfig,
     /// Workload certificate lifetime.
     #[serde(with = "duration_str")]
     pub secret_ttl: Duration,
@@ -385,7 +431,7 @@ impl Config {
         let ipv6 = var(src, env::IPV6_ENABLED, parse_bool)?.unwrap_or(true);
 
         let ca = match string(src, env::CA_ADDRESS) {
-            Some(addr) => CaSource::Istio(addr),
+            Some(addr) => CaSource::Istio(control::control_address(env::CA_ADDRESS, &addr)?),
             None => CaSource::Local(
                 string(src, env::LOCAL_CA_DIR)
                     .map(PathBuf::from)
@@ -423,8 +469,11 @@ impl Config {
             trust_domain: string(src, env::TRUST_DOMAIN).unwrap_or_else(|| "cluster.local".into()),
             network: src.get(env::NETWORK).unwrap_or_default(),
             local_xds_path: string(src, env::LOCAL_XDS_PATH).map(PathBuf::from),
-            xds_address: string(src, env::XDS_ADDRESS),
+            xds_address: string(src, env::XDS_ADDRESS)
+                .map(|addr| control::control_address(env::XDS_ADDRESS, &addr))
+                .transpose()?,
             ca,
+            control: ControlPlaneConfig::from_source(src)?,
             secret_ttl: var(src, env::SECRET_TTL, parse_duration)?
                 .unwrap_or(Duration::from_secs(24 * 3600)),
             enable_socks5: var(src, env::UNSTABLE_ENABLE_SOCKS5, parse_bool)?.unwrap_or(false),
@@ -484,25 +533,11 @@ impl Config {
             }
             ProxyMode::Dedicated => {}
         }
-        if let Some(addr) = &self.xds_address {
+        if self.local_xds_path.is_none() && self.xds_address.is_none() {
             return Err(Error::Invalid(format!(
-                "{}={addr:?}: the xDS client is not available yet; set {} to a local config file and leave {} empty",
+                "no configuration source: set {} (control plane) or {} (local config file), or both",
                 env::XDS_ADDRESS,
-                env::LOCAL_XDS_PATH,
-                env::XDS_ADDRESS
-            )));
-        }
-        if self.local_xds_path.is_none() {
-            return Err(Error::Invalid(format!(
-                "no configuration source: set {} (xDS is not available yet)",
                 env::LOCAL_XDS_PATH
-            )));
-        }
-        if let CaSource::Istio(addr) = &self.ca {
-            return Err(Error::Invalid(format!(
-                "{}={addr:?}: the Istio CA client is not available yet; leave it empty and set {}",
-                env::CA_ADDRESS,
-                env::LOCAL_CA_DIR
             )));
         }
         if self.pool_max_streams_per_connection == 0 {
@@ -597,13 +632,42 @@ mod tests {
         src.insert(env::POOL_MAX_STREAMS_PER_CONNECTION, "0");
         assert!(Config::from_source(&src).is_err());
         let mut src = base();
-        src.insert(env::XDS_ADDRESS, "https://istiod:15012");
+        src.remove(env::LOCAL_XDS_PATH);
+        let err = Config::from_source(&src).unwrap_err().to_string();
         assert!(
-            Config::from_source(&src)
-                .unwrap_err()
-                .to_string()
-                .contains(env::XDS_ADDRESS)
+            err.contains(env::XDS_ADDRESS) && err.contains(env::LOCAL_XDS_PATH),
+            "{err}"
         );
+    }
+
+    #[test]
+    fn control_plane() {
+        let mut src = base();
+        src.remove(env::LOCAL_XDS_PATH);
+        src.insert(env::XDS_ADDRESS, "istiod.istio-system.svc:15012");
+        src.insert(env::CA_ADDRESS, "http://127.0.0.1:15010");
+        src.insert(env::POD_NAME, "ztunnel-abc");
+        let cfg = Config::from_source(&src).unwrap();
+        assert_eq!(
+            cfg.xds_address.as_deref(),
+            Some("https://istiod.istio-system.svc:15012")
+        );
+        assert_eq!(cfg.ca, CaSource::Istio("http://127.0.0.1:15010".into()));
+        assert_eq!(cfg.control.pod_name, "ztunnel-abc");
+        assert_eq!(
+            cfg.control.auth_token,
+            AuthToken::DefaultFile(control::DEFAULT_AUTH_TOKEN.into())
+        );
+        for (var, value) in [
+            (env::XDS_ADDRESS, "ftp://istiod:15012"),
+            (env::CA_ADDRESS, "https://istiod:15012/v1"),
+            (env::INSTANCE_IP, "not-an-ip"),
+        ] {
+            let mut bad = src.clone();
+            bad.insert(var, value);
+            let err = Config::from_source(&bad).unwrap_err().to_string();
+            assert!(err.contains(var) && err.contains(value), "{err}");
+        }
     }
 
     #[test]

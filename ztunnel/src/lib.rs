@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod app;
 pub mod config;
+pub mod control;
 pub mod drain;
 pub mod http_server;
 pub mod identity;
@@ -17,6 +18,7 @@ pub mod readiness;
 pub mod socket;
 pub mod state;
 pub mod tls;
+pub mod xds;
 
 #[cfg(feature = "testing")]
 pub mod test_helpers;

@@ -52,16 +52,16 @@ pub mod packages {
     }
 }
 
-/// `istio.workload`: Address, Workload, Service and friends (`workload::zds`: ZDS).
-pub use packages::istio::workload;
-/// `istio.security`: L4 Authorization.
-pub use packages::istio::security;
-/// `istio.v1.auth`: the Istio CA (CreateCertificate).
-pub use packages::istio::v1::auth as ca;
 /// `envoy.service.discovery.v3`: delta ADS.
 pub use packages::envoy::service::discovery::v3 as discovery;
 /// `google.rpc.Status`, used for NACK details.
 pub use packages::google::rpc;
+/// `istio.security`: L4 Authorization.
+pub use packages::istio::security;
+/// `istio.v1.auth`: the Istio CA (CreateCertificate).
+pub use packages::istio::v1::auth as ca;
+/// `istio.workload`: Address, Workload, Service and friends (`workload::zds`: ZDS).
+pub use packages::istio::workload;
 
 /// Type URL of `istio.workload.Address` resources.
 pub const ADDRESS_TYPE_URL: &str = "type.googleapis.com/istio.workload.Address";
@@ -88,13 +88,21 @@ mod tests {
         assert!(bytes.windows(2).any(|b| b == [0xda, 0x01]));
 
         let del = workload::zds::DelWorkload { uid: "x".into() };
-        assert_eq!(del.encode_to_vec()[0], 2 << 3 | 2, "DelWorkload.uid is field 2");
+        assert_eq!(
+            del.encode_to_vec()[0],
+            2 << 3 | 2,
+            "DelWorkload.uid is field 2"
+        );
 
         let req = discovery::DeltaDiscoveryRequest {
             response_nonce: "n".into(),
             ..Default::default()
         };
-        assert_eq!(req.encode_to_vec()[0], 6 << 3 | 2, "response_nonce is field 6");
+        assert_eq!(
+            req.encode_to_vec()[0],
+            6 << 3 | 2,
+            "response_nonce is field 6"
+        );
     }
 
     #[test]

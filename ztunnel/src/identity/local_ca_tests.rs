@@ -1,7 +1,16 @@
+use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::sync::{Arc, Barrier};
 
+use mesh_ca::{BACKDATE, CA_CERT, CA_KEY, CERT_CHAIN, LOCK_FILE, ROOT_CERT, generate_root};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use x509_parser::extensions::{GeneralName, ParsedExtension};
+use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::*;
 
@@ -67,7 +76,7 @@ fn creates_root_in_missing_dir() {
     assert_eq!(root.subject(), root.issuer());
     assert!(root.subject().to_string().contains(TD));
     assert!(
-        ca.intermediates.is_empty(),
+        ca.ca.intermediates().is_empty(),
         "a root is never sent in the chain"
     );
 }
@@ -232,8 +241,8 @@ fn errors_name_the_file() {
     assert!(err.to_string().contains("ca-cert.pem"), "{err}");
 
     // A valid certificate with somebody else's key.
-    let (other_pem, _) = generate_root(TD).unwrap();
-    fs::write(tmp.path().join(CA_CERT), other_pem).unwrap();
+    let other = generate_root(TD).unwrap();
+    fs::write(tmp.path().join(CA_CERT), other.cert_pem).unwrap();
     let err = LocalCa::load_or_create(tmp.path(), TD, TTL).unwrap_err();
     assert!(err.to_string().contains("ca-key.pem"), "{err}");
 

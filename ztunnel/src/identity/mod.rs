@@ -10,10 +10,12 @@ use std::time::SystemTime;
 use mesh_core::Identity;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
+mod caclient;
 mod local_ca;
 mod manager;
 pub(crate) mod x509;
 
+pub use caclient::{CaClient, IMPERSONATED_IDENTITY};
 pub use local_ca::LocalCa;
 pub use manager::{CertDump, CertManager, CertificateDump};
 
@@ -102,6 +104,32 @@ pub enum IdentityError {
         /// The last fetch error (shared by every waiting caller).
         #[source]
         source: Arc<IdentityError>,
+    },
+    /// The Istio CA refused or failed the request (gRPC status code and message).
+    #[error("Istio CA {address}: {status}")]
+    CaRequest {
+        /// The CA address.
+        address: String,
+        /// `<code>: <message>[: <transport error>]`.
+        status: String,
+    },
+    /// The CA could not be reached or its credentials could not be prepared (channel,
+    /// token file).
+    #[error("Istio CA {address}: {source}")]
+    CaConnection {
+        /// The CA address.
+        address: String,
+        /// What failed.
+        #[source]
+        source: crate::control::ControlError,
+    },
+    /// The CA issued a certificate for another identity than the one requested.
+    #[error("the CA issued a certificate for {issued}, not the requested {requested}")]
+    IdentityMismatch {
+        /// The identity asked for.
+        requested: Identity,
+        /// The identity in the issued leaf.
+        issued: Identity,
     },
     /// The identity was forgotten (see [`CertManager::forget`]) while a caller waited.
     #[error("certificate for {0} is no longer managed")]

@@ -428,7 +428,7 @@ impl WorkloadDto {
             };
             services.insert(name, port_map(&ctx, &field, ports)?);
         }
-        Ok(Workload {
+        let workload = Workload {
             uid,
             name: self.name,
             namespace: self.namespace,
@@ -483,7 +483,11 @@ impl WorkloadDto {
                 NetworkModeDto::HostNetwork => NetworkMode::HostNetwork,
             },
             services,
-        })
+        };
+        workload
+            .check_identity()
+            .map_err(|reason| ctx.err("namespace/serviceAccount/trustDomain", reason))?;
+        Ok(workload)
     }
 }
 

@@ -328,6 +328,8 @@ const P: &str =
 #[test_case("workloads: [", &["line 2"] ; "truncated yaml")]
 #[test_case("workload: []", &["unknown field `workload`"] ; "unknown top level key")]
 #[test_case("workloads:\n- name: w\n  namespace: ns\n  workloadIps: []\n  colour: red", &["unknown field `colour`"] ; "unknown workload key")]
+#[test_case("workloads:\n- name: w\n  namespace: x/y\n  workloadIps: []", &["namespace/serviceAccount/trustDomain", "not a valid SPIFFE identity"] ; "slash in namespace")]
+#[test_case("workloads:\n- name: w\n  namespace: ns\n  serviceAccount: a/b\n  workloadIps: []", &["not a valid SPIFFE identity"] ; "slash in service account")]
 #[test_case("workloads:\n- name: w\n  namespace: ns", &["missing field `workloadIps`"] ; "missing workload ips")]
 #[test_case("workloads:\n- name: w\n  workloadIps: []", &["missing field `namespace`"] ; "missing namespace")]
 #[test_case("workloads:\n- {name: w, namespace: \"\", workloadIps: []}", &["workloads[0]", "namespace"] ; "empty namespace")]

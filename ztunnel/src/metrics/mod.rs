@@ -1,10 +1,11 @@
 //! Prometheus metrics on `:15020/metrics` (and `/stats/prometheus`), with Istio's names and
 //! labels (reference §15.1): the `istio_tcp_*` traffic counters, `istio_build`, process
-//! file-descriptor and memory gauges, and the local config counters.
+//! file-descriptor and memory gauges, the local config counters and the xDS client counters.
 
 mod labels;
 mod process;
 mod traffic;
+mod xds;
 
 use std::sync::Arc;
 
@@ -15,6 +16,7 @@ use prometheus_client::registry::Registry;
 
 pub use labels::{ConnectionLabels, Interner, Label, Reporter, SecurityPolicy};
 pub use traffic::{ByteCounters, ConnectionMetrics, TrafficMetrics};
+pub use xds::{TerminationReason, XdsMetrics};
 
 use crate::http_server::{self, Response};
 use crate::localconfig::LocalConfigMetrics;
@@ -32,6 +34,8 @@ pub struct Metrics {
     registry: Registry,
     /// The `istio_tcp_*` counters.
     pub traffic: Arc<TrafficMetrics>,
+    /// The xDS client counters.
+    pub xds: Arc<XdsMetrics>,
 }
 
 impl Metrics {
@@ -40,14 +44,21 @@ impl Metrics {
         let mut registry = Registry::default();
         registry.register_collector(Box::new(process::ProcessCollector));
         registry.register_collector(Box::new(process::LocalConfigCollector(local_config)));
+        let xds = XdsMetrics::default();
+        xds.register_ztunnel(&mut registry);
         let istio = registry.sub_registry_with_prefix("istio");
         let traffic = TrafficMetrics::register(istio);
+        xds.register_istio(istio);
         let build: Family<BuildLabels, Gauge> = Family::default();
         build
             .get_or_create(&[("component", "ztunnel"), ("tag", env!("CARGO_PKG_VERSION"))])
             .set(1);
         istio.register("build", "Istio component build info", build);
-        Metrics { registry, traffic }
+        Metrics {
+            registry,
+            traffic,
+            xds: Arc::new(xds),
+        }
     }
 
     /// The OpenMetrics text exposition.

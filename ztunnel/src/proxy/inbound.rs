@@ -95,8 +95,14 @@ impl InboundHbone {
     }
 }
 
-/// Where an inbound CONNECT goes on this workload.
-fn resolve_target(
+/// Where an inbound CONNECT goes on this workload: the validation every HBONE stream passes
+/// before policy. `authority` is the raw `:authority`; `local` is the address the HBONE
+/// connection was accepted on (canonical). An IP authority must be `local`'s IP (unless the
+/// workload has an application tunnel); a hostname authority is mapped through the service's
+/// port map; the proxy's own ports are refused.
+///
+/// Public for the fuzz targets (`fuzz/targets`); the data path is [`InboundHbone`].
+pub fn resolve_target(
     state: &ProxyState,
     workload: &Workload,
     authority: &str,

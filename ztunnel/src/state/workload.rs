@@ -144,6 +144,17 @@ impl Workload {
     pub fn identity(&self) -> Identity {
         Identity::new(&self.trust_domain, &self.namespace, &self.service_account)
     }
+
+    /// Checks that the identity this workload runs as is a valid SPIFFE id (no empty parts,
+    /// no `/` inside one): otherwise its certificate would carry an identity no peer can
+    /// parse. Config boundaries reject such workloads.
+    pub fn check_identity(&self) -> Result<(), String> {
+        let id = self.identity();
+        match id.to_string().parse::<Identity>() {
+            Ok(parsed) if parsed == id => Ok(()),
+            _ => Err(format!("{id} is not a valid SPIFFE identity")),
+        }
+    }
 }
 
 impl Default for Workload {

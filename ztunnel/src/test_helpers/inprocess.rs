@@ -11,8 +11,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 use crate::config::{Config, OrigSrc};
@@ -102,4 +102,33 @@ pub async fn echo_server(ip: &str) -> (SocketAddr, mpsc::UnboundedReceiver<Socke
         }
     });
     (addr, rx)
+}
+
+/// Opens a SOCKS5 (no auth) CONNECT to the IPv4 `target` through `socks`.
+pub async fn socks5_connect(socks: SocketAddr, target: SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(socks).await.unwrap();
+    s.write_all(&[5, 1, 0]).await.unwrap();
+    let mut b = [0u8; 2];
+    s.read_exact(&mut b).await.unwrap();
+    assert_eq!(b, [5, 0]);
+    let SocketAddr::V4(t) = target else {
+        panic!("v4 only")
+    };
+    let mut req = vec![5, 1, 0, 1];
+    req.extend_from_slice(&t.ip().octets());
+    req.extend_from_slice(&t.port().to_be_bytes());
+    s.write_all(&req).await.unwrap();
+    let mut reply = [0u8; 10];
+    s.read_exact(&mut reply).await.unwrap();
+    assert_eq!(reply[1], 0, "SOCKS5 reply");
+    s
+}
+
+/// Sends `msg`, half-closes, returns everything read back (within 10 s).
+pub async fn round_trip(mut s: TcpStream, msg: &[u8]) -> Vec<u8> {
+    s.write_all(msg).await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    out
 }

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# demo.sh: build ztunnel and run the two-node ambient demo (ztunnel/examples/demo.rs).
+# demo.sh: build ztunnel and istiod-compat and run the two-node ambient demo
+# (ztunnel/examples/demo.rs): istiod-compat on local files in node1's network namespace,
+# one ztunnel per pod configured over delta xDS with certificates from its CA.
 #
 # Needs: Debian 12 (or similar), root (it creates network namespaces), a Rust toolchain.
 # Installs iproute2, iptables and tcpdump with apt-get when they are missing.
@@ -32,7 +34,8 @@ command -v cargo >/dev/null 2>&1 || {
 	exit 1
 }
 
-cargo build -p ztunnel --bins --examples
+cargo build -p ztunnel -p istiod-compat --bins
+cargo build -p ztunnel --examples
 
 target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
-"$target_dir/debug/examples/demo" "$target_dir/debug/ztunnel"
+"$target_dir/debug/examples/demo" "$target_dir/debug/ztunnel" "$target_dir/debug/istiod-compat"

@@ -1,40 +1,63 @@
 //! Demo (root; Linux): two nodes, a meshed client pod and a meshed server pod, one ztunnel per
-//! pod, Istio's in-pod redirect rules. It shows a plain TCP request travelling through HBONE,
-//! the identity the server's proxy saw, what crossed the node-to-node link, and a DENY policy
-//! taking effect.
+//! pod, Istio's in-pod redirect rules, and the `istiod-compat` control plane on local files in
+//! node1's network namespace. It shows the proxies getting their configuration over delta xDS
+//! and their certificates from istiod-compat's CA, a plain TCP request travelling through
+//! HBONE, the identity the server's proxy saw, what crossed the node-to-node link, and a DENY
+//! AuthorizationPolicy file taking effect.
 //!
-//! Usage: `demo <path to the ztunnel binary>` (or `ZTUNNEL_BIN=...`); `scripts/demo.sh`
-//! builds both and runs it.
+//! Usage: `demo <ztunnel binary> <istiod-compat binary>` (or `ZTUNNEL_BIN=...`,
+//! `ISTIOD_COMPAT_BIN=...`); `scripts/demo.sh` builds everything and runs it. Exits non-zero
+//! if any step fails.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use serde_json::json;
 use ztunnel::test_helpers::netns::{
-    LocalConfig, PATIENCE, Pod, Protocol, Topology, ZtunnelProc, policy,
+    LoggedProc, PATIENCE, Pod, RegistryObjects, Topology, XDS_TLS_PORT, ZtunnelProc,
 };
 
 const APP_PORT: u16 = 8080;
 const HBONE_PORT: u16 = 15008;
+/// The xDS client logs each applied response at debug; the demo shows them.
+const PROXY_LOG: &str = "info,ztunnel::xds=debug";
+
+fn binary(arg: Option<OsString>, var: &str, build: &str) -> Result<PathBuf, String> {
+    let Some(path) = arg.or_else(|| std::env::var_os(var)).map(PathBuf::from) else {
+        return Err(format!(
+            "usage: demo <ztunnel binary> <istiod-compat binary>   (or set ZTUNNEL_BIN and \
+             ISTIOD_COMPAT_BIN); {var} is missing"
+        ));
+    };
+    if !path.is_file() {
+        return Err(format!(
+            "{} is not a file; build it with `{build}`",
+            path.display()
+        ));
+    }
+    Ok(path)
+}
 
 fn main() -> ExitCode {
-    let bin = std::env::args_os()
-        .nth(1)
-        .or_else(|| std::env::var_os("ZTUNNEL_BIN"))
-        .map(PathBuf::from);
-    let Some(bin) = bin else {
-        eprintln!("usage: demo <path to the ztunnel binary>   (or set ZTUNNEL_BIN)");
-        return ExitCode::from(2);
+    let mut args = std::env::args_os().skip(1);
+    let bins =
+        binary(args.next(), "ZTUNNEL_BIN", "cargo build -p ztunnel --bins").and_then(|ztunnel| {
+            let istiod = binary(
+                args.next(),
+                "ISTIOD_COMPAT_BIN",
+                "cargo build -p istiod-compat",
+            )?;
+            Ok((ztunnel, istiod))
+        });
+    let (ztunnel, istiod) = match bins {
+        Ok(bins) => bins,
+        Err(err) => {
+            eprintln!("demo: {err}");
+            return ExitCode::from(2);
+        }
     };
-    if !bin.is_file() {
-        eprintln!(
-            "demo: {} is not a file; build it with `cargo build -p ztunnel --bins`",
-            bin.display()
-        );
-        return ExitCode::from(2);
-    }
-    match run(&bin) {
+    match run(&ztunnel, &istiod) {
         Ok(()) => {
             println!("\nDemo finished: every step behaved as expected.");
             ExitCode::SUCCESS
@@ -64,9 +87,9 @@ fn identity_in(line: &str) -> Option<String> {
     Some(value.trim_matches('"').to_owned())
 }
 
-fn run(bin: &Path) -> Result<(), String> {
+fn run(ztunnel: &Path, istiod_bin: &Path) -> Result<(), String> {
     step("1. Topology");
-    let mut topo = Topology::new("demo").with_ztunnel_bin(bin);
+    let mut topo = Topology::new("demo").with_ztunnel_bin(ztunnel);
     let node1 = topo.add_node("node1");
     let node2 = topo.add_node("node2");
     let client = topo.add_pod_as(&node1, "client", "frontend", "client");
@@ -85,20 +108,52 @@ fn run(bin: &Path) -> Result<(), String> {
         "Both pods got Istio's in-pod rules (scripts/ztunnel-redirect-inpod.sh): outbound TCP \
          -> 15001, inbound TCP -> 15006, port 15008 and the proxy's own (marked) traffic untouched."
     );
-    let config = LocalConfig::new()
-        .workload(&client, Protocol::Hbone)
-        .workload(&server, Protocol::Hbone);
-    topo.write_local_config(&config);
-    let server_proxy = topo.start_ztunnel(&server, &[]);
-    let client_proxy = topo.start_ztunnel(&client, &[]);
+
+    step("2. The control plane: istiod-compat on local files");
+    let cp = topo.control_plane(istiod_bin, &node1);
+    let objects = RegistryObjects::new().ambient_pods(&[&client, &server]);
+    cp.write_registry_file("10-topology.yaml", &objects.to_yaml());
     println!(
-        "Started one ztunnel per pod, inside the pod's namespace (pid {} in A, pid {} in B); both \
-         said `proxy ready`.",
+        "Registry directory {} (Kubernetes YAML, re-read when it changes):\n{}",
+        cp.registry_dir().display(),
+        indent(&objects.to_yaml())
+    );
+    let istiod = cp.start();
+    println!(
+        "istiod-compat runs in node1's namespace (pid {}), serving delta xDS and the Istio CA \
+         at {}; its CA directory is {}.",
+        istiod.pid(),
+        cp.address(),
+        cp.ca_dir().display()
+    );
+    for pod in [&client, &server] {
+        let token = cp.token_file(pod);
+        println!(
+            "  token for {}/{} (service account {}, node {}): {}",
+            pod.namespace,
+            pod.name,
+            pod.service_account,
+            pod.node,
+            token.display()
+        );
+    }
+
+    step("3. One ztunnel per pod, configured by the control plane");
+    let env = [("RUST_LOG", PROXY_LOG)];
+    let server_proxy = topo.start_ztunnel_with_control_plane(&server, &cp, &env);
+    let client_proxy = topo.start_ztunnel_with_control_plane(&client, &cp, &env);
+    println!(
+        "Started one ztunnel per pod, inside the pod's namespace (pid {} in A, pid {} in B), with \
+         no local config file and no local CA; both said `proxy ready`.",
         client_proxy.pid(),
         server_proxy.pid()
     );
+    for (name, proxy) in [("A", &client_proxy), ("B", &server_proxy)] {
+        report_xds(name, proxy)?;
+    }
+    report_certificates(&istiod, &[&client, &server])?;
 
-    step("2. A plain request from pod A to pod B");
+    step("4. A plain request from pod A to pod B");
     let capture = topo.start_capture(&node1);
     let marker = format!("DEMO-SECRET-{}-", std::process::id());
     let payload = marker.repeat(32);
@@ -152,31 +207,89 @@ fn run(bin: &Path) -> Result<(), String> {
     if tls_records == 0 {
         return Err("no TLS application data on port 15008: the request did not use HBONE".into());
     }
+    // Pod B's proxy reaches the control plane on node1 over the same link (TLS on 15012).
+    let allowed = [HBONE_PORT, XDS_TLS_PORT];
     if let Some(other) = ports
         .iter()
-        .find(|&&(s, d)| s != HBONE_PORT && d != HBONE_PORT)
+        .find(|&&(s, d)| !allowed.contains(&s) && !allowed.contains(&d))
     {
         return Err(format!(
-            "payload on the node link outside port 15008: {other:?}"
+            "payload on the node link outside ports 15008 (HBONE) and 15012 (control plane): {other:?}"
         ));
     }
     println!(
         "So the request went pod A -> ztunnel A (15001) -> HBONE/mTLS -> ztunnel B (15008) -> app."
     );
 
-    step("3. A DENY policy for pod A's identity");
-    let deny = policy(
+    step("5. A DENY AuthorizationPolicy for pod A's identity, as a registry file");
+    let deny = RegistryObjects::new().authorization_policy(
         "deny-frontend-client",
-        "backend",
-        "Namespace",
-        "Deny",
-        json!([[[{ "principals": [{ "Exact": client.principal() }] }]]]),
+        &server.namespace,
+        "DENY",
+        &[client.principal()],
     );
-    let config = config.policy(deny);
-    println!("New local config:\n{}", indent(&config.to_yaml()));
-    topo.apply_local_config(&config, &[&server_proxy, &client_proxy]);
-    println!("Both proxies logged `local config applied`.");
+    println!(
+        "New file {}/40-deny-client.yaml:\n{}",
+        cp.registry_dir().display(),
+        indent(&deny.to_yaml())
+    );
+    let mark = server_proxy.log_mark();
+    let written = Instant::now();
+    cp.write_registry_file("40-deny-client.yaml", &deny.to_yaml());
+    let applied = server_proxy
+        .try_wait_for_line_since(mark, PATIENCE, |line| {
+            line.contains("xDS response applied")
+                && line.contains("istio.security.Authorization")
+                && !line.contains("updated=0 removed=0")
+        })
+        .ok_or("pod B's proxy did not receive the policy over xDS")?;
+    println!(
+        "istiod-compat noticed the file and pushed it; pod B's proxy applied it {:?} after the \
+         file was written:\n  {applied}",
+        written.elapsed(),
+        applied = without_timestamp(&applied)
+    );
     report_refusal(&client, &server, &server_proxy)
+}
+
+/// Prints the proxy's xDS connection and the resources it applied.
+fn report_xds(name: &str, proxy: &ZtunnelProc) -> Result<(), String> {
+    let established = proxy
+        .try_wait_for_log_since(0, "xDS stream established", PATIENCE)
+        .ok_or(format!("ztunnel {name} logged no xDS stream"))?;
+    let synced = proxy
+        .try_wait_for_log_since(0, "xDS initial sync complete", PATIENCE)
+        .ok_or(format!("ztunnel {name} logged no initial xDS sync"))?;
+    println!("ztunnel {name} got its configuration over delta xDS:");
+    println!("  {}", without_timestamp(&established));
+    for line in proxy.lines_containing("xDS response applied") {
+        println!("  {}", without_timestamp(&line));
+    }
+    println!("  {}", without_timestamp(&synced));
+    Ok(())
+}
+
+/// Prints the certificates istiod-compat's CA issued to the pods' proxies.
+fn report_certificates(istiod: &LoggedProc, pods: &[&Pod]) -> Result<(), String> {
+    println!("Each proxy got its workload certificate from istiod-compat's CA (identities):");
+    for pod in pods {
+        let identity = format!("spiffe://{}", pod.principal());
+        let line = istiod
+            .try_wait_for_line_since(0, PATIENCE, |line| {
+                line.contains("certificate issued") && line.contains(&identity)
+            })
+            .ok_or(format!(
+                "istiod-compat issued no certificate for {identity}"
+            ))?;
+        println!("  {}", without_timestamp(&line));
+    }
+    Ok(())
+}
+
+/// A log line without its timestamp.
+fn without_timestamp(line: &str) -> &str {
+    line.split_once(' ')
+        .map_or(line, |(_, rest)| rest.trim_start())
 }
 
 fn report_refusal(client: &Pod, server: &Pod, server_proxy: &ZtunnelProc) -> Result<(), String> {

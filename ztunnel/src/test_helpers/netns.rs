@@ -36,10 +36,15 @@ use nix::unistd::Pid;
 use serde_json::{Value, json};
 
 mod capture;
+mod istiod;
 mod proc;
 
 pub use capture::{Capture, PcapData, TcpSegment};
-pub use proc::ZtunnelProc;
+pub use istiod::{
+    CLUSTER_ID, ControlPlane, LOG_ISTIOD_READY, LOG_ISTIOD_SERVING, MONITORING_PORT,
+    RegistryObjects, XDS_PLAINTEXT_PORT, XDS_TLS_PORT, istiod_compat_bin,
+};
+pub use proc::{LoggedProc, ZtunnelProc};
 
 /// Default patience for anything the harness waits on (readiness, config reloads, closes).
 pub const PATIENCE: Duration = Duration::from_secs(10);
@@ -440,7 +445,7 @@ impl Drop for Topology {
 }
 
 /// Removes namespaces and work directories named `<prefix><pid>-…` whose creating process no
-/// longer runs (a killed test run), first killing the `ztunnel`/`tcpdump` left inside them.
+/// longer runs (a killed test run), first killing the processes the harness left inside them.
 pub fn cleanup_stale(prefix: &str) {
     let dead_owner = |name: &str| {
         let Some(rest) = name.strip_prefix(prefix) else {
@@ -471,7 +476,9 @@ pub fn cleanup_stale(prefix: &str) {
         if let Ok(out) = Command::new("ip").args(["netns", "pids", &netns]).output() {
             for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
                 let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-                if let (Ok(pid), "ztunnel" | "tcpdump") = (pid.parse::<i32>(), comm.trim()) {
+                if let (Ok(pid), "ztunnel" | "tcpdump" | "istiod-compat") =
+                    (pid.parse::<i32>(), comm.trim())
+                {
                     let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
                 }
             }

@@ -1,7 +1,8 @@
-//! A `ztunnel` process in a pod netns and its line-by-line log.
+//! Processes started in a netns (`ztunnel` in a pod, `istiod-compat` in a node) and their
+//! line-by-line logs.
 
 use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread;
@@ -14,7 +15,9 @@ use super::{
 
 impl Topology {
     /// Starts a dedicated-mode `ztunnel` in the pod's netns as the pod's workload and waits
-    /// for `proxy ready`. `env` overrides or adds environment variables.
+    /// for `proxy ready`. `env` overrides or adds environment variables; an empty value
+    /// removes the variable (every proxy variable treats empty as unset), e.g.
+    /// `("LOCAL_XDS_PATH", "")` for a proxy fed by xDS only.
     pub fn start_ztunnel(&self, pod: &Pod, env: &[(&str, &str)]) -> ZtunnelProc {
         let Some(bin) = &self.ztunnel_bin else {
             panic!("Topology::with_ztunnel_bin was not called: no ztunnel binary to start");
@@ -36,14 +39,39 @@ impl Topology {
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1");
         for (key, value) in env {
-            cmd.env(key, value);
+            if value.is_empty() {
+                cmd.env_remove(key);
+            } else {
+                cmd.env(key, value);
+            }
         }
+        let proc = LoggedProc::spawn(cmd, format!("ztunnel in pod {}", pod.name));
+        proc.wait_for_log(LOG_READY, READY_TIMEOUT);
+        proc
+    }
+}
+
+/// The log of a [`LoggedProc`]: lines so far, and how many output streams are still open.
+struct ProcLog {
+    state: Mutex<LogState>,
+    changed: Condvar,
+}
+
+struct LogState {
+    lines: Vec<String>,
+    open_streams: usize,
+}
+
+impl LoggedProc {
+    /// Spawns `cmd` (stdin closed, stdout and stderr captured line by line). `label` names
+    /// the process in panics and in the log printed on drop (`ztunnel in pod client`).
+    pub fn spawn(mut cmd: Command, label: String) -> LoggedProc {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd
             .spawn()
-            .or_panic(|| format!("starting {} in pod {}", bin.display(), pod.name));
+            .or_panic(|| format!("starting {label}: {cmd:?}"));
         let log = Arc::new(ProcLog {
             state: Mutex::new(LogState {
                 lines: Vec::new(),
@@ -59,25 +87,13 @@ impl Topology {
             let log = Arc::clone(&log);
             thread::spawn(move || pump_lines(stderr, "[stderr] ", &log));
         }
-        let proc = ZtunnelProc {
-            pod: pod.name.clone(),
+        LoggedProc {
+            label,
             child: Mutex::new(child),
             log,
             log_in_panic: AtomicBool::new(false),
-        };
-        proc.wait_for_log(LOG_READY, READY_TIMEOUT);
-        proc
+        }
     }
-}
-
-struct ProcLog {
-    state: Mutex<LogState>,
-    changed: Condvar,
-}
-
-struct LogState {
-    lines: Vec<String>,
-    open_streams: usize,
 }
 
 fn pump_lines(stream: impl Read, prefix: &str, log: &ProcLog) {
@@ -116,18 +132,21 @@ fn strip_ansi(text: &str) -> String {
     out.trim_end_matches(['\r', '\n']).to_owned()
 }
 
-/// A running `ztunnel` process in a pod netns; its output is kept line by line. Killed on
-/// drop, and its log is printed if the test is panicking.
-pub struct ZtunnelProc {
-    pod: String,
+/// A running process (in a netns); its output is kept line by line. Killed on drop, and its
+/// log is printed if the test is panicking.
+pub struct LoggedProc {
+    label: String,
     child: Mutex<Child>,
     log: Arc<ProcLog>,
     /// A panic message already carries the log: don't print it again on drop.
     log_in_panic: AtomicBool,
 }
 
-impl ZtunnelProc {
-    /// Number of log lines so far: pass it to [`ZtunnelProc::wait_for_log_since`] to wait
+/// A `ztunnel` started by [`Topology::start_ztunnel`].
+pub type ZtunnelProc = LoggedProc;
+
+impl LoggedProc {
+    /// Number of log lines so far: pass it to [`LoggedProc::wait_for_log_since`] to wait
     /// only for lines logged after this point.
     pub fn log_mark(&self) -> usize {
         lock(&self.log.state).lines.len()
@@ -138,7 +157,7 @@ impl ZtunnelProc {
         lock(&self.log.state).lines.join("\n")
     }
 
-    /// Log lines logged after `mark` (see [`ZtunnelProc::log_mark`]).
+    /// Log lines logged after `mark` (see [`LoggedProc::log_mark`]).
     pub fn lines_since(&self, mark: usize) -> Vec<String> {
         let state = lock(&self.log.state);
         state.lines[mark.min(state.lines.len())..].to_vec()
@@ -163,11 +182,22 @@ impl ZtunnelProc {
         needle: &str,
         timeout: Duration,
     ) -> Option<String> {
+        self.try_wait_for_line_since(mark, timeout, |line| line.contains(needle))
+    }
+
+    /// The first line after `mark` for which `matches` holds, waiting up to `timeout` (woken
+    /// by each new line); `None` on timeout or once the process closed its output.
+    pub fn try_wait_for_line_since(
+        &self,
+        mark: usize,
+        timeout: Duration,
+        matches: impl Fn(&str) -> bool,
+    ) -> Option<String> {
         let deadline = Instant::now() + timeout;
         let mut state = lock(&self.log.state);
         loop {
             let from = mark.min(state.lines.len());
-            if let Some(line) = state.lines[from..].iter().find(|l| l.contains(needle)) {
+            if let Some(line) = state.lines[from..].iter().find(|l| matches(l)) {
                 return Some(line.clone());
             }
             let left = deadline.saturating_duration_since(Instant::now());
@@ -183,16 +213,15 @@ impl ZtunnelProc {
         }
     }
 
-    /// Like [`ZtunnelProc::try_wait_for_log_since`], but panics with the log on failure.
+    /// Like [`LoggedProc::try_wait_for_log_since`], but panics with the log on failure.
     pub fn wait_for_log_since(&self, mark: usize, needle: &str, timeout: Duration) -> String {
         match self.try_wait_for_log_since(mark, needle, timeout) {
             Some(line) => line,
             None => {
                 self.log_in_panic.store(true, Ordering::Relaxed);
                 panic!(
-                    "ztunnel in pod {} {} without logging `{needle}` (waited up to {timeout:?}); \
-                 its log:\n{}",
-                    self.pod,
+                    "{} {} without logging `{needle}` (waited up to {timeout:?}); its log:\n{}",
+                    self.label,
                     match self.exit_status() {
                         Some(status) => format!("exited ({status})"),
                         None => "is running".to_owned(),
@@ -231,21 +260,32 @@ impl ZtunnelProc {
         matches!(lock(&self.child).try_wait(), Ok(None))
     }
 
-    /// Process id of the proxy.
+    /// Process id.
     pub fn pid(&self) -> u32 {
         lock(&self.child).id()
     }
+
+    /// Sends SIGKILL (no graceful shutdown) and waits until the process is gone.
+    pub fn kill(&self) {
+        let mut child = lock(&self.child);
+        child
+            .kill()
+            .or_panic(|| format!("sending SIGKILL to {}", self.label));
+        child
+            .wait()
+            .or_panic(|| format!("waiting for {} to exit", self.label));
+    }
 }
 
-impl Drop for ZtunnelProc {
+impl Drop for LoggedProc {
     fn drop(&mut self) {
         let child = self.child.get_mut().unwrap_or_else(PoisonError::into_inner);
         let _ = child.kill();
         let _ = child.wait();
         if thread::panicking() && !self.log_in_panic.load(Ordering::Relaxed) {
             eprintln!(
-                "----- ztunnel log, pod {} -----\n{}\n-----",
-                self.pod,
+                "----- log of {} -----\n{}\n-----",
+                self.label,
                 self.log_text()
             );
         }

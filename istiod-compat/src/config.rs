@@ -224,43 +224,7 @@ pub fn parse_signed_duration(s: &str) -> Result<Option<Duration>, String> {
     }
 }
 
-/// Parses a non-negative duration (see [`parse_signed_duration`]).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    if s.is_empty() {
-        return Err("empty duration".into());
-    }
-    if let Ok(secs) = s.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
-    }
-    let mut total = Duration::ZERO;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or("missing unit (ms, s, m, h, d)")?;
-        if digits == 0 {
-            return Err("expected a number".into());
-        }
-        let value: f64 = rest[..digits].parse().map_err(|_| "bad number")?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let unit = match &rest[..unit_len] {
-            "ms" => 0.001,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            "d" => 86400.0,
-            other => return Err(format!("unknown unit {other:?} (ms, s, m, h, d)")),
-        };
-        let part = Duration::try_from_secs_f64(value * unit).map_err(|e| e.to_string())?;
-        total = total.checked_add(part).ok_or("duration overflows")?;
-        rest = &rest[unit_len..];
-    }
-    Ok(total)
-}
+pub use mesh_core::parse_duration;
 
 /// Reads a variable and parses it, naming the variable and value in any error.
 fn var<T>(

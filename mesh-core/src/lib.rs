@@ -4,8 +4,10 @@
 //! (`ztunnel`) and the control plane (`istiod-compat`) both speak.
 #![deny(missing_docs)]
 
+mod duration;
 mod identity;
 mod names;
 
+pub use duration::parse_duration;
 pub use identity::{Identity, IdentityParseError};
 pub use names::{NameParseError, NamespacedHostname, NetworkAddress};

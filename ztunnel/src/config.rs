@@ -335,41 +335,7 @@ mod duration_str {
     }
 }
 
-/// Parses a duration: `500ms`, `10s`, `5m`, `24h`, `1h30m`, or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    if s.is_empty() {
-        return Err("empty duration".into());
-    }
-    if let Ok(secs) = s.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
-    }
-    let mut total = Duration::ZERO;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or("missing unit (ms, s, m, h)")?;
-        if digits == 0 {
-            return Err("expected a number".into());
-        }
-        let value: f64 = rest[..digits].parse().map_err(|_| "bad number")?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let unit = match &rest[..unit_len] {
-            "ms" => 0.001,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            other => return Err(format!("unknown unit {other:?} (ms, s, m, h)")),
-        };
-        total += Duration::from_secs_f64(value * unit);
-        rest = &rest[unit_len..];
-    }
-    Ok(total)
-}
+pub use mesh_core::parse_duration;
 
 fn parse_bool(s: &str) -> Result<bool, String> {
     match s.to_ascii_lowercase().as_str() {

@@ -1,0 +1,3 @@
+//! Node agent binary (skeleton).
+
+fn main() {}

@@ -1,0 +1,3 @@
+//! CNI plugin binary (skeleton).
+
+fn main() {}

@@ -1,0 +1,1 @@
+//! Map keys and values shared by the kernel programs and the loader (skeleton).

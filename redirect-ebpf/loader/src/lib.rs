@@ -1,0 +1,1 @@
+//! aya loader for the redirect eBPF programs (skeleton).

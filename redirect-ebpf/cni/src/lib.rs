@@ -1,1 +1,3 @@
-//! CNI plugin library (skeleton).
+//! CNI plugin library: the chained plugin (ADD/DEL/CHECK/VERSION) and installation.
+
+pub mod chain;

@@ -7,8 +7,14 @@ command -v iptables >/dev/null || need+=(iptables)
 command -v nsenter >/dev/null || need+=(util-linux)
 command -v tcpdump >/dev/null || need+=(tcpdump)
 command -v cmake >/dev/null || need+=(cmake)
-command -v clang >/dev/null || need+=(clang)
+# BPF toolchain for redirect-ebpf (build.rs compiles bpf/*.c with clang -target bpf).
+for pkg in clang llvm libbpf-dev linux-libc-dev; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
 command -v g++ >/dev/null || need+=(g++)
+# The chart tests (charts/tests/run.sh) run in a Python venv.
+command -v python3 >/dev/null || need+=(python3)
+python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive

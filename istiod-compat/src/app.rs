@@ -8,6 +8,7 @@
 //! monitoring 15014: /ready (first snapshot translated), /metrics
 //! ```
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -407,6 +408,7 @@ async fn start_registry(
                 client.clone(),
                 snapshots.clone(),
                 ca.root_bundle_pem(),
+                BTreeSet::from([cfg.pod_namespace.clone()]),
                 ROOT_CONFIGMAP_RESYNC,
                 shutdown.clone(),
             ));

@@ -1,5 +1,6 @@
-//! ConfigMap `istio-ca-root-cert` (key `root-cert.pem`) in every enrolled namespace, so
-//! workloads and proxies there can read the mesh's trust anchor.
+//! ConfigMap `istio-ca-root-cert` (key `root-cert.pem`) in every enrolled namespace and in the
+//! control plane's own namespace (where the node proxies and agents run: ztunnel mounts it
+//! to verify istiod-compat's serving certificate), so they can read the mesh's trust anchor.
 //!
 //! Written with server-side apply (field manager `istiod-compat`, forced): creating and
 //! updating are one idempotent call, and an unchanged ConfigMap is a no-op on the server.
@@ -112,13 +113,15 @@ async fn apply_one(client: &Client, namespace: &str, root_pem: &str) -> Result<(
 }
 
 /// Keeps the ConfigMaps up to date until `shutdown`: applies to every enrolled namespace
-/// at start, then to newly enrolled ones on each snapshot; failed namespaces are retried
+/// and to each of `always` (the control plane's own namespace) at start, then to newly
+/// enrolled ones on each snapshot; failed namespaces are retried
 /// with backoff (1 s doubling to 1 min). Everything is re-applied every `resync` in case
 /// someone edited or deleted a ConfigMap.
 pub async fn run_root_configmaps(
     client: Client,
     mut snapshots: SnapshotRx,
     root_pem: String,
+    always: BTreeSet<String>,
     resync: Duration,
     shutdown: CancellationToken,
 ) {
@@ -128,7 +131,8 @@ pub async fn run_root_configmaps(
     let mut retry = MIN_RETRY;
     let mut next_resync = tokio::time::Instant::now() + resync;
     loop {
-        let enrolled = enrolled_namespaces(&snapshots.borrow_and_update());
+        let mut enrolled = enrolled_namespaces(&snapshots.borrow_and_update());
+        enrolled.extend(always.iter().cloned());
         done.retain(|ns| enrolled.contains(ns));
         let todo: BTreeSet<String> = enrolled.difference(&done).cloned().collect();
         let mut wait = None;

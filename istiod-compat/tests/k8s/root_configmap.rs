@@ -105,6 +105,7 @@ async fn run_follows_enrolment_and_retries() {
     let fake = FakeApiServer::start().await.unwrap();
     fake.apply(&objects::namespace("a", &[AMBIENT]));
     fake.apply(&objects::namespace("later", &[]));
+    fake.apply(&objects::namespace("istio-system", &[]));
     let mut h = Harness::start(fake);
     h.synced().await;
     // The first apply fails: the publisher retries on its own.
@@ -115,12 +116,20 @@ async fn run_follows_enrolment_and_retries() {
         h.fake.client(),
         h.rx.clone(),
         "ROOT".into(),
+        std::collections::BTreeSet::from(["istio-system".to_string()]),
         Duration::from_secs(3600),
         shutdown.clone(),
     ));
     h.fake
         .wait_until(PATIENCE, "root in a", |f| root_in(f, "a").is_some())
         .await;
+    // The control plane's own namespace (where ztunnel runs) always gets it, enrolled or not.
+    h.fake
+        .wait_until(PATIENCE, "root in istio-system", |f| {
+            root_in(f, "istio-system").is_some()
+        })
+        .await;
+    assert!(root_in(&h.fake, "later").is_none(), "not enrolled yet");
 
     h.fake.apply(&objects::namespace("later", &[AMBIENT]));
     h.fake

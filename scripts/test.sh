@@ -29,5 +29,8 @@ cargo test -p ztunnel --no-default-features --features tls-ring --lib tls
 step "TLS tests with the BoringSSL provider"
 cargo test -p ztunnel --no-default-features --features tls-boring --lib tls
 
+step "Helm charts: strict lint, Kubernetes schema validation, golden renders"
+bash charts/tests/run.sh
+
 echo
 echo "all test steps passed"

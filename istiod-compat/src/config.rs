@@ -58,6 +58,32 @@ pub mod env {
     pub const RUST_LOG: &str = "RUST_LOG";
     /// `json` for JSON logs.
     pub const LOG_FORMAT: &str = "LOG_FORMAT";
+
+    /// Every variable above: what the parser reads. `tests/chart_env.rs` checks the Helm
+    /// chart against it and it against this module.
+    pub const ALL: &[&str] = &[
+        REGISTRY,
+        KUBERNETES_SERVICE_HOST,
+        LOCAL_DIR,
+        TOKENS_FILE,
+        CA_DIR,
+        CLUSTER_ID,
+        TRUST_DOMAIN,
+        DOMAIN_SUFFIX,
+        ROOT_NAMESPACE,
+        NETWORK,
+        POD_NAMESPACE,
+        CA_TRUSTED_NODE_ACCOUNTS,
+        MAX_WORKLOAD_CERT_TTL,
+        XDS_PLAINTEXT_ADDR,
+        XDS_TLS_ADDR,
+        MONITORING_ADDR,
+        SERVING_CERT_SANS,
+        PILOT_DEBOUNCE_AFTER,
+        PILOT_DEBOUNCE_MAX,
+        RUST_LOG,
+        LOG_FORMAT,
+    ];
 }
 
 /// Default of [`env::MAX_WORKLOAD_CERT_TTL`].

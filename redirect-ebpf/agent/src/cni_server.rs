@@ -1,0 +1,82 @@
+//! The CNI event server: a unix stream socket where the plugin writes one JSON line
+//! ([`CniEvent`]) and reads one back ([`CniReply`]).
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+use mesh_cni::event::{CniEvent, CniReply, MAX_LINE};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use crate::reconcile::{Event, EventTx};
+use crate::zds::packet::remove_stale_socket;
+
+/// Longest the server waits for the plugin's line, and for the reconcile loop's answer.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Binds `path` (stale socket removed, parent created, mode 0600).
+pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    remove_stale_socket(path)?;
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Serves plugin connections until `shutdown`, handing events to the reconcile loop.
+pub async fn serve(listener: UnixListener, events: EventTx, shutdown: CancellationToken) {
+    loop {
+        let stream = tokio::select! {
+            () = shutdown.cancelled() => return,
+            s = listener.accept() => s,
+        };
+        match stream {
+            Ok((stream, _)) => {
+                let events = events.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = handle(stream, events).await {
+                        tracing::warn!(error = %e, "cni: request failed");
+                    }
+                });
+            }
+            Err(e) => tracing::warn!(error = %e, "cni: accept failed"),
+        }
+    }
+}
+
+async fn handle(stream: UnixStream, events: EventTx) -> std::io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut line = Vec::new();
+    let mut reader = BufReader::new(read).take(MAX_LINE as u64 + 1);
+    let n = tokio::time::timeout(REQUEST_TIMEOUT, reader.read_until(b'\n', &mut line))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no request line"))??;
+    let reply = if n == 0 || line.last() != Some(&b'\n') {
+        CniReply::error("request is not one JSON line")
+    } else {
+        match serde_json::from_slice::<CniEvent>(&line[..line.len() - 1]) {
+            Err(e) => CniReply::error(format!("invalid request: {e}")),
+            Ok(ev) => {
+                let (tx, rx) = oneshot::channel();
+                if events.send(Event::Cni(ev, tx)).is_err() {
+                    CniReply::error("agent is shutting down")
+                } else {
+                    match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
+                        Ok(Ok(reply)) => reply,
+                        Ok(Err(_)) => CniReply::error("agent is shutting down"),
+                        Err(_) => CniReply::error("agent did not answer in time"),
+                    }
+                }
+            }
+        }
+    };
+    let mut out = serde_json::to_vec(&reply).map_err(std::io::Error::other)?;
+    out.push(b'\n');
+    write.write_all(&out).await?;
+    write.shutdown().await
+}

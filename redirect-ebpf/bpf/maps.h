@@ -29,6 +29,10 @@ struct redirect_config {
 	__u16 dns_port;      /* 15053: DNS proxy, never redirected */
 	__u16 skip_port;     /* 53: outbound destination port left alone */
 	__u16 _pad;
+	__u32 delivery_mark; /* 0x1539: put on the proxy's connects to the app (sockops); the pod
+			      * routes sockets with this mark (the app's accepted one inherits it
+			      * via tcp_fwmark_accept) to lo, so replies to a spoofed client IP
+			      * reach the proxy. Low 12 bits stay 0x539 (Istio's mask 0xfff). */
 };
 
 /* An IPv4 (mapped) or IPv6 address, network order. */

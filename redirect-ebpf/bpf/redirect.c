@@ -24,6 +24,8 @@
 #define SOL_IP 0
 #define SOL_IPV6 41
 #define SO_ORIGINAL_DST 80
+#define SOL_SOCKET 1
+#define SO_MARK 36
 
 /* clang may merge adjacent 4-byte context stores into one 8-byte store, which the verifier
  * rejects for bpf_sock_addr: store through volatile. */
@@ -224,6 +226,13 @@ int redir_sockops(struct bpf_sock_ops *skops)
 	tk.dport = bpf_ntohs(rport_be);
 	__u8 one = 1;
 	bpf_map_update_elem(&bypass, &tk, &one, BPF_ANY);
+	/* Re-mark it (the route is looked up again for the SYN): the app's accepted socket
+	 * inherits this mark and the pod's `fwmark <delivery_mark> lookup 100` rule sends its
+	 * replies to the spoofed client address back over lo to the proxy. The proxy's other
+	 * sockets keep `mark` and route normally. */
+	int dmark = cfg->delivery_mark;
+	if (dmark)
+		bpf_setsockopt(skops, SOL_SOCKET, SO_MARK, &dmark, sizeof(dmark));
 	return 1;
 }
 

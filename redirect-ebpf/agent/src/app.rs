@@ -9,6 +9,7 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Registry};
+use crate::metrics::Metrics;
 use crate::readiness::Ready;
 use crate::reconcile::{Event, EventTx, Reconciler};
 use crate::redirect::Redirection;
@@ -44,6 +45,8 @@ pub struct Agent {
     pub zds_stats: Arc<ZdsStats>,
     /// The ZDS hub (connections, pods).
     pub hub: ZdsHub,
+    /// The metrics served on `/metrics` of the readiness address.
+    pub metrics: Arc<Metrics>,
     ready: Ready,
     events: EventTx,
     shutdown: CancellationToken,
@@ -117,20 +120,27 @@ pub async fn build(
         .await
         .with_context(|| format!("binding readiness on {}", cfg.readiness_addr))?;
     let readiness_addr = readiness.local_addr()?;
-    tokio::spawn(readiness::serve(readiness, ready.clone(), shutdown.clone()));
 
     let (events, events_rx) = std::sync::mpsc::channel::<Event>();
     let sink_tx = events.clone();
     let hub = ZdsHub::new(Arc::new(move |ev| {
         let _ = sink_tx.send(Event::Zds(ev));
     }));
+    let metrics = Arc::new(Metrics::with_zds(hub.stats()));
+    tokio::spawn(readiness::serve_with_metrics(
+        readiness,
+        ready.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
 
     // First reconcile before ztunnel can connect, so its first snapshot is complete.
     let retry = opts.retry_interval;
     let reconciler = {
         let hub = hub.clone();
+        let metrics = metrics.clone();
         tokio::task::spawn_blocking(move || {
-            Reconciler::new(store, initial, redirection, hub, retry)
+            Reconciler::with_metrics(store, initial, redirection, hub, retry, metrics)
         })
         .await
         .context("start-up reconcile task")??
@@ -147,7 +157,12 @@ pub async fn build(
             cfg.cni_event_socket.display()
         )
     })?;
-    tokio::spawn(cni_server::serve(cni, events.clone(), shutdown.clone()));
+    tokio::spawn(cni_server::serve_counted(
+        cni,
+        events.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
     let zds_listener = zds::bind(&cfg.zds_socket)
         .with_context(|| format!("binding the ZDS socket {}", cfg.zds_socket.display()))?;
     tokio::spawn(hub.clone().serve(zds_listener, shutdown.clone()));
@@ -180,6 +195,7 @@ pub async fn build(
         readiness_addr,
         zds_stats: hub.stats(),
         hub,
+        metrics,
         ready,
         events,
         shutdown,

@@ -8,7 +8,8 @@
 //! - [`reconcile`]: the loop bringing pods to the desired state.
 //! - [`redirect`]: the redirection backends and in-pod routing.
 //! - [`zds`]: the ZDS server.
-//! - [`cni_server`], [`readiness`], [`logging`], [`netns`]; [`app`] wires them.
+//! - [`cni_server`], [`readiness`] (with [`metrics`] on `/metrics`), [`logging`],
+//!   [`netns`]; [`app`] wires them.
 
 #![deny(missing_docs)]
 
@@ -16,6 +17,7 @@ pub mod app;
 pub mod cni_server;
 pub mod config;
 pub mod logging;
+pub mod metrics;
 pub mod netns;
 pub mod readiness;
 pub mod reconcile;

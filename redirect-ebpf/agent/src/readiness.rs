@@ -1,5 +1,7 @@
 //! `GET /readyz` → 200 once the agent is ready (programs loaded, state reconciled, servers
-//! listening), 503 before. A deliberately tiny HTTP/1 responder: one request per connection.
+//! listening), 503 before; `GET /metrics` → the agent's [`Metrics`] (OpenMetrics text) when
+//! served with [`serve_with_metrics`]. A deliberately tiny HTTP/1 responder: one request per
+//! connection.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,6 +11,8 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+use crate::metrics::{self, Metrics};
 
 /// The readiness flag.
 #[derive(Debug, Clone, Default)]
@@ -30,8 +34,27 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-/// Serves until `shutdown`.
+/// Serves `/readyz` until `shutdown`.
 pub async fn serve(listener: TcpListener, ready: Ready, shutdown: CancellationToken) {
+    serve_inner(listener, ready, None, shutdown).await;
+}
+
+/// Serves `/readyz` and `/metrics` until `shutdown`.
+pub async fn serve_with_metrics(
+    listener: TcpListener,
+    ready: Ready,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    serve_inner(listener, ready, Some(metrics), shutdown).await;
+}
+
+async fn serve_inner(
+    listener: TcpListener,
+    ready: Ready,
+    metrics: Option<Arc<Metrics>>,
+    shutdown: CancellationToken,
+) {
     loop {
         let conn = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -39,6 +62,7 @@ pub async fn serve(listener: TcpListener, ready: Ready, shutdown: CancellationTo
         };
         let Ok((mut stream, _)) = conn else { continue };
         let ready = ready.clone();
+        let metrics = metrics.clone();
         tokio::spawn(async move {
             let mut buf = [0u8; 1024];
             let mut len = 0;
@@ -63,13 +87,18 @@ pub async fn serve(listener: TcpListener, ready: Ready, shutdown: CancellationTo
             let head = String::from_utf8_lossy(&buf[..len]);
             let mut parts = head.split_whitespace();
             let (method, path) = (parts.next(), parts.next());
-            let (status, body) = match (method, path) {
-                (Some("GET"), Some("/readyz")) if ready.get() => ("200 OK", "ready\n"),
-                (Some("GET"), Some("/readyz")) => ("503 Service Unavailable", "not ready\n"),
-                _ => ("404 Not Found", "not found\n"),
+            let text = |status, body: &str| (status, "text/plain", body.to_string());
+            let (status, content_type, body) = match (method, path, &metrics) {
+                (Some("GET"), Some("/readyz"), _) if ready.get() => text("200 OK", "ready\n"),
+                (Some("GET"), Some("/readyz"), _) => text("503 Service Unavailable", "not ready\n"),
+                (Some("GET"), Some("/metrics"), Some(m)) => match m.encode() {
+                    Ok(body) => ("200 OK", metrics::CONTENT_TYPE, body),
+                    Err(_) => text("500 Internal Server Error", "encoding metrics failed\n"),
+                },
+                _ => text("404 Not Found", "not found\n"),
             };
             let resp = format!(
-                "HTTP/1.1 {status}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                 body.len()
             );
             let _ = stream.write_all(resp.as_bytes()).await;

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use mesh_cni::event::{CniCommand, CniEvent, CniReply};
 use tokio::sync::oneshot;
 
+use crate::metrics::Metrics;
 use crate::netns;
 use crate::redirect::{PodNet, Redirection};
 use crate::source::Enrolled;
@@ -67,6 +68,7 @@ pub struct Reconciler {
     /// Pods whose enrollment failed, retried at the given time.
     enroll_retry: BTreeMap<String, Instant>,
     retry_interval: Duration,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for Reconciler {
@@ -92,6 +94,25 @@ impl Reconciler {
         hub: ZdsHub,
         retry_interval: Duration,
     ) -> Result<Self, crate::state::StateError> {
+        Self::with_metrics(
+            store,
+            enrolled,
+            redirection,
+            hub,
+            retry_interval,
+            Arc::default(),
+        )
+    }
+
+    /// [`Reconciler::new`], counting enrollments and failures in `metrics`.
+    pub fn with_metrics(
+        store: StateStore,
+        enrolled: Arc<Enrolled>,
+        redirection: Box<dyn Redirection>,
+        hub: ZdsHub,
+        retry_interval: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, crate::state::StateError> {
         let mut known = store.load()?;
         known.retain(|uid, rec| {
             let alive = rec.netns.exists();
@@ -112,6 +133,7 @@ impl Reconciler {
             active: BTreeMap::new(),
             enroll_retry: BTreeMap::new(),
             retry_interval,
+            metrics,
         };
         let undesired: Vec<PodRecord> = r
             .known
@@ -125,6 +147,7 @@ impl Reconciler {
         r.reconcile();
         let keep: Vec<PodNet<'_>> = r.active.values().map(Active::net).collect();
         if let Err(e) = r.redirection.retain(&keep) {
+            r.metrics.reconcile_error("stale_cleanup");
             tracing::warn!(error = %e, "removing stale enrollments");
         }
         Ok(r)
@@ -197,6 +220,7 @@ impl Reconciler {
                     ips: ev.ips,
                 };
                 if let Err(e) = self.store.save(&rec) {
+                    self.metrics.reconcile_error("state");
                     return CniReply::error(e.to_string());
                 }
                 tracing::info!(uid, pod = %format!("{}/{}", rec.namespace, rec.name), netns = %rec.netns.display(), "CNI ADD");
@@ -226,7 +250,10 @@ impl Reconciler {
                 self.enroll_retry.remove(&uid);
                 match self.store.remove(&uid) {
                     Ok(()) => CniReply::ok(),
-                    Err(e) => CniReply::error(e.to_string()),
+                    Err(e) => {
+                        self.metrics.reconcile_error("state");
+                        CniReply::error(e.to_string())
+                    }
                 }
             }
         }
@@ -249,6 +276,7 @@ impl Reconciler {
                         }
                     }
                     Err(e) if a.zds == ZdsState::InFlight(conn) => {
+                        self.metrics.reconcile_error("zds_add");
                         tracing::warn!(
                             uid,
                             conn,
@@ -317,7 +345,9 @@ impl Reconciler {
                 continue;
             }
             if let Some(rec) = self.known.get(uid).cloned() {
-                match self.enroll(rec) {
+                let result = self.enroll(rec);
+                self.metrics.enrollment(result.is_ok());
+                match result {
                     Ok(()) => {
                         self.enroll_retry.remove(uid);
                     }
@@ -331,6 +361,7 @@ impl Reconciler {
         }
         self.dispatch_zds(now);
         self.update_listeners();
+        self.metrics.set_enrolled_pods(self.active.len());
     }
 
     fn enroll(&mut self, rec: PodRecord) -> Result<(), anyhow::Error> {
@@ -368,7 +399,9 @@ impl Reconciler {
         let Some(a) = self.active.remove(uid) else {
             return;
         };
-        if let Err(e) = self.redirection.unenroll(&a.net()) {
+        let result = self.redirection.unenroll(&a.net());
+        self.metrics.unenrollment(result.is_ok());
+        if let Err(e) = result {
             tracing::warn!(uid, error = %e, "unenrolling pod");
         } else {
             tracing::info!(uid, pod = %format!("{}/{}", a.record.namespace, a.record.name), "pod unenrolled");
@@ -445,6 +478,7 @@ impl Reconciler {
                     a.listener_pid = Some(pid);
                 }
                 Err(e) => {
+                    self.metrics.reconcile_error("listener");
                     tracing::warn!(uid, ztunnel_pid = pid, error = %e, "setting the inbound listener; retrying");
                     a.zds = ZdsState::Retry(Instant::now() + self.retry_interval);
                 }

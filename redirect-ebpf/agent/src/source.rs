@@ -133,8 +133,7 @@ pub async fn kubernetes(
 }
 
 /// [`kubernetes`], with the server-side Pod filter optional (`field_selector: false` watches
-/// every Pod; other nodes' pods are still ignored, client-side). The in-repo fake apiserver
-/// serves no field selectors.
+/// every Pod; other nodes' pods are still ignored, client-side).
 pub async fn kubernetes_watch(
     client: Client,
     node: String,
@@ -299,7 +298,7 @@ mod tests {
         api.apply(&pod("mesh", "a", "node1"));
         api.apply(&pod("mesh", "elsewhere", "node2"));
         let shutdown = CancellationToken::new();
-        let mut rx = kubernetes_watch(api.client(), "node1".into(), false, shutdown.clone())
+        let mut rx = kubernetes(api.client(), "node1".into(), shutdown.clone())
             .await
             .unwrap();
         let initial: Vec<_> = rx.borrow_and_update().pods.keys().cloned().collect();
@@ -321,6 +320,8 @@ mod tests {
 
         api.apply(&ns("mesh", false));
         assert!(next(&mut rx).await.is_empty());
+        // Another node's pod, applied before `b`: by the time `b` arrives it would have too.
+        api.apply(&pod("mesh", "late-elsewhere", "node2"));
         let mut labelled = pod("mesh", "b", "node1");
         labelled.metadata.labels = Some(BTreeMap::from([(
             "istio.io/dataplane-mode".into(),
@@ -331,6 +332,36 @@ mod tests {
         api.delete::<Pod>("mesh", "b");
         assert!(next(&mut rx).await.is_empty());
         shutdown.cancel();
+
+        // The apiserver filtered: other nodes' pods never reached the agent at all.
+        let delivered: Vec<String> = api
+            .deliveries()
+            .into_iter()
+            .filter(|d| d.resource == "pods")
+            .map(|d| format!("{} {}", d.event, d.name))
+            .collect();
+        assert!(delivered.contains(&"LIST a".to_string()), "{delivered:?}");
+        assert!(delivered.contains(&"ADDED b".to_string()), "{delivered:?}");
+        assert!(
+            delivered.contains(&"DELETED b".to_string()),
+            "{delivered:?}"
+        );
+        assert!(
+            !delivered.iter().any(|d| d.contains("elsewhere")),
+            "{delivered:?}"
+        );
+        let pod_requests: Vec<_> = api
+            .requests()
+            .into_iter()
+            .filter(|r| r.resource == "pods")
+            .collect();
+        assert!(!pod_requests.is_empty());
+        for r in &pod_requests {
+            assert!(
+                r.query.contains("fieldSelector=spec.nodeName%3Dnode1") && r.status == 200,
+                "{r:?}"
+            );
+        }
     }
 
     fn snapshot(yaml: &str) -> Snapshot {

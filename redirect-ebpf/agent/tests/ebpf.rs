@@ -119,7 +119,7 @@ async fn ebpf_enrollment_routing_and_inbound_listener() {
     assert!(ok, "{out}");
     // In-pod routing for the proxy's spoofed-source connections.
     let rules = in_ns(&pod.path, "ip", &["rule", "show"]);
-    assert!(rules.contains("fwmark 0x539 lookup 100"), "{rules}");
+    assert!(rules.contains("fwmark 0x1539 lookup 100"), "{rules}");
     let accept = in_ns(&pod.path, "sysctl", &["-n", "net.ipv4.tcp_fwmark_accept"]);
     assert_eq!(accept.trim(), "1");
     let cookie = redirect_ebpf::netns_cookie(pod.fd().as_fd()).unwrap();

@@ -61,6 +61,9 @@ pub struct RedirectConfig {
     pub skip_port: u16,
     /// Padding, always 0.
     pub _pad: u16,
+    /// Mark sockops puts on the proxy's connects to the app (0x1539); the pod routes sockets
+    /// with it (the app's accepted socket inherits it) to `lo`. 0 = leave the mark alone.
+    pub delivery_mark: u32,
 }
 
 /// An address in network order; IPv4 as IPv4-mapped IPv6 (`struct ip_key`).

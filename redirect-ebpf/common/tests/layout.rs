@@ -22,6 +22,10 @@ fn rust_layout() -> Vec<(&'static str, usize)> {
             offset_of!(RedirectConfig, mark),
         ),
         (
+            "offsetof(struct redirect_config, delivery_mark)",
+            offset_of!(RedirectConfig, delivery_mark),
+        ),
+        (
             "offsetof(struct redirect_config, outbound_port)",
             offset_of!(RedirectConfig, outbound_port),
         ),

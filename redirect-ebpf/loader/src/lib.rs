@@ -36,6 +36,11 @@ pub use redirector::Redirector;
 
 /// The proxy's socket mark (Istio's 0x539): sockets with it are never redirected.
 pub const DEFAULT_MARK: u32 = 0x539;
+/// Mark put on the proxy's connections to the app it serves (sockops, at connect): low 12
+/// bits 0x539 like the proxy's own, plus 0x1000 so the pod's routing can send only the app's
+/// replies to those connections (its accepted socket inherits the mark through
+/// `tcp_fwmark_accept`) back to the proxy over `lo` — never the proxy's other traffic.
+pub const DEFAULT_DELIVERY_MARK: u32 = 0x1539;
 /// Outbound capture port (on loopback in the pod netns).
 pub const DEFAULT_OUTBOUND_PORT: u16 = 15001;
 /// Inbound plaintext capture port.
@@ -55,6 +60,8 @@ pub struct LoaderConfig {
     pub pin_dir: PathBuf,
     /// SO_MARK of the proxy's own sockets.
     pub mark: u32,
+    /// Mark for the proxy's connections to the app ([`DEFAULT_DELIVERY_MARK`]); 0 = none.
+    pub delivery_mark: u32,
     /// Outbound capture port (127.0.0.1 / ::1 in the pod netns).
     pub outbound_port: u16,
     /// Inbound plaintext port (the listener set with [`Redirector::set_inbound_listener`]).
@@ -72,6 +79,7 @@ impl LoaderConfig {
             cgroup_path: cgroup_path.into(),
             pin_dir: pin_dir.into(),
             mark: DEFAULT_MARK,
+            delivery_mark: DEFAULT_DELIVERY_MARK,
             outbound_port: DEFAULT_OUTBOUND_PORT,
             inbound_port: DEFAULT_INBOUND_PORT,
             hbone_port: DEFAULT_HBONE_PORT,

@@ -106,6 +106,7 @@ impl Redirector {
                     dns_port: config.dns_port,
                     skip_port: 53,
                     _pad: 0,
+                    delivery_mark: config.delivery_mark,
                 },
                 0,
             )

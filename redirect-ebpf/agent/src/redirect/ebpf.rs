@@ -1,6 +1,6 @@
 //! eBPF mode: the loader's [`Redirector`] (cgroup programs + one sk_lookup link per pod
 //! netns, keyed by the netns cookie) plus the in-pod routing for the proxy's spoofed-source
-//! connections (fwmark 0x539 → table 100, `tcp_fwmark_accept`).
+//! connections (fwmark 0x1539 → table 100, `tcp_fwmark_accept`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;

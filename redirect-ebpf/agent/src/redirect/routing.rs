@@ -9,8 +9,11 @@ use crate::netns::{self, NetnsError};
 pub const ROUTE_TABLE: &str = "100";
 /// Priority of the fwmark rule (Istio's).
 pub const RULE_PREF: &str = "32764";
-/// eBPF mode: the proxy's socket mark (inherited by the accepted app socket).
-pub const EBPF_FWMARK: &str = "0x539";
+/// eBPF mode: the mark sockops puts on the proxy's connections to the app
+/// (`redirect_ebpf::DEFAULT_DELIVERY_MARK`), inherited by the app's accepted socket. Not the
+/// proxy's own 0x539: that would send every proxy socket in the pod (HBONE out, listeners'
+/// SYN-ACKs) to `lo`.
+pub const EBPF_FWMARK: &str = "0x1539";
 /// nftables mode: the connmark restored on the app's replies.
 pub const NFT_FWMARK: &str = "0x111/0xfff";
 
@@ -103,4 +106,15 @@ pub fn remove(pod: &PodNet<'_>, fwmark_accept: bool) -> Result<(), RedirectError
         .map_err(wrap(pod))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ebpf_fwmark_is_the_loaders_delivery_mark() {
+        assert_eq!(
+            super::EBPF_FWMARK,
+            format!("{:#x}", redirect_ebpf::DEFAULT_DELIVERY_MARK)
+        );
+    }
 }

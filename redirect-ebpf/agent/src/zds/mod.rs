@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use packet::{SeqpacketConn, SeqpacketListener};
-pub use wire::{WorkloadInfo, decode_request, encode_ack};
+pub use wire::{WorkloadInfo, decode_ack, decode_hello, decode_request, encode_ack};
 
 /// Deadline for each ack (and for the hello).
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -88,11 +88,16 @@ pub enum AddDispatch {
 /// Counters.
 #[derive(Debug, Default)]
 pub struct ZdsStats {
+    acks: AtomicU64,
     nacks: AtomicU64,
     connections: AtomicU64,
 }
 
 impl ZdsStats {
+    /// Acks received (snapshot or stream).
+    pub fn acks(&self) -> u64 {
+        self.acks.load(Ordering::Relaxed)
+    }
     /// Nacks received (snapshot or stream).
     pub fn nacks(&self) -> u64 {
         self.nacks.load(Ordering::Relaxed)
@@ -423,6 +428,9 @@ impl ZdsHub {
             return Err("ack carried file descriptors".into());
         }
         let ack = wire::decode_ack(&reply.data)?;
+        if ack.is_ok() {
+            self.stats.acks.fetch_add(1, Ordering::Relaxed);
+        }
         if let Err(nack) = &ack {
             self.stats.nacks.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(error = nack, "zds: nack");

@@ -40,7 +40,8 @@ pub(super) fn snapshot_sent() -> Vec<u8> {
     request(workload_request::Payload::SnapshotSent(SnapshotSent {}))
 }
 
-pub(super) fn decode_hello(b: &[u8]) -> Result<(), String> {
+/// Decodes ztunnel's first datagram: `Ok` for `ZdsHello{V1}`, else why not.
+pub fn decode_hello(b: &[u8]) -> Result<(), String> {
     let hello = ZdsHello::decode(b).map_err(|e| format!("undecodable ZdsHello: {e}"))?;
     if hello.version == Version::V1 as i32 {
         Ok(())
@@ -49,8 +50,9 @@ pub(super) fn decode_hello(b: &[u8]) -> Result<(), String> {
     }
 }
 
-/// `Ok(Ok(()))` ack, `Ok(Err(text))` nack, `Err` not an ack at all.
-pub(super) fn decode_ack(b: &[u8]) -> Result<Result<(), String>, String> {
+/// Decodes ztunnel's answer to a request: `Ok(Ok(()))` ack, `Ok(Err(text))` nack, `Err`
+/// not an ack at all.
+pub fn decode_ack(b: &[u8]) -> Result<Result<(), String>, String> {
     let resp = WorkloadResponse::decode(b).map_err(|e| format!("undecodable response: {e}"))?;
     match resp.payload {
         Some(workload_response::Payload::Ack(Ack { error })) if error.is_empty() => Ok(Ok(())),

@@ -5,7 +5,8 @@
  * cgroup/connect4, cgroup/connect6  outbound TCP connect from an enrolled netns ->
  *                                  127.0.0.1:15001 / [::1]:15001; original kept by socket cookie
  * sockops (TCP_CONNECT_CB)          re-key the original by {netns, client addr, client port};
- *                                  marked proxy connects to enrolled pod IPs -> `bypass`
+ *                                  marked proxy connects to the netns' own pod IP -> `bypass`
+ *                                  and re-marked `delivery_mark` (replies routed to lo)
  * cgroup/getsockopt                 SOL_IP/SOL_IPV6 SO_ORIGINAL_DST (80) answered from `orig_dst`
  * sk_lookup (per pod netns)         inbound TCP to a pod address -> the proxy's 15006 listener
  *
@@ -30,7 +31,7 @@
 /* clang may merge adjacent 4-byte context stores into one 8-byte store, which the verifier
  * rejects for bpf_sock_addr: store through volatile. */
 #define CTX_STORE(field, value) (*(volatile __u32 *)&(field) = (value))
-/* Socket pointers allow no pointer arithmetic: read every field with its own load. */
+/* Socket and context pointers allow no pointer arithmetic: read every field with its own load. */
 #define SK_LOAD(field) (*(volatile __u32 *)&(field))
 
 char LICENSE[] SEC("license") = "GPL";
@@ -177,19 +178,26 @@ int redir_sockops(struct bpf_sock_ops *skops)
 	if (skops->op != BPF_SOCK_OPS_TCP_CONNECT_CB)
 		return 1;
 
+	/* Every context field is read up front, unconditionally, each with its own (volatile)
+	 * load: when loads sit in branches clang may share one pointer into the context between
+	 * them and dereference it after the join, which the verifier refuses. */
+	__u32 family = SK_LOAD(skops->family);
+	__u32 l4 = SK_LOAD(skops->local_ip4), r4 = SK_LOAD(skops->remote_ip4);
+	__u32 l6_0 = SK_LOAD(skops->local_ip6[0]), l6_1 = SK_LOAD(skops->local_ip6[1]);
+	__u32 l6_2 = SK_LOAD(skops->local_ip6[2]), l6_3 = SK_LOAD(skops->local_ip6[3]);
+	__u32 r6_0 = SK_LOAD(skops->remote_ip6[0]), r6_1 = SK_LOAD(skops->remote_ip6[1]);
+	__u32 r6_2 = SK_LOAD(skops->remote_ip6[2]), r6_3 = SK_LOAD(skops->remote_ip6[3]);
 	struct ip_key local, remote;
-	if (skops->family == AF_INET) {
-		key_v4(&local, skops->local_ip4);
-		key_v4(&remote, skops->remote_ip4);
-	} else if (skops->family == AF_INET6) {
-		key_v6(&local, skops->local_ip6[0], skops->local_ip6[1], skops->local_ip6[2],
-		       skops->local_ip6[3]);
-		key_v6(&remote, skops->remote_ip6[0], skops->remote_ip6[1], skops->remote_ip6[2],
-		       skops->remote_ip6[3]);
+	if (family == AF_INET) {
+		key_v4(&local, l4);
+		key_v4(&remote, r4);
+	} else if (family == AF_INET6) {
+		key_v6(&local, l6_0, l6_1, l6_2, l6_3);
+		key_v6(&remote, r6_0, r6_1, r6_2, r6_3);
 	} else {
 		return 1;
 	}
-	__u16 lport = (__u16)skops->local_port;
+	__u16 lport = (__u16)SK_LOAD(skops->local_port);
 
 	__u64 cookie = bpf_get_socket_cookie(skops);
 	struct orig_dst *orig = bpf_map_lookup_elem(&orig_cookie, &cookie);
@@ -205,14 +213,19 @@ int redir_sockops(struct bpf_sock_ops *skops)
 		return 1;
 	}
 
-	/* The proxy (marked) connecting to an enrolled pod address: let sk_lookup pass it. */
+	/* The proxy (marked) delivering to the app of the pod whose netns the socket lives in
+	 * (its own pod address): let sk_lookup pass it. Only the netns' OWN address counts: the
+	 * proxy's HBONE connects from one enrolled pod to another pod of the node must keep
+	 * the normal mark and route. */
 	struct redirect_config *cfg = get_config();
 	if (!cfg)
 		return 1;
 	struct bpf_sock *sk = skops->sk;
 	if (!sk || SK_LOAD(sk->mark) != cfg->mark)
 		return 1;
-	if (!bpf_map_lookup_elem(&pod_ips, &remote))
+	__u64 netns = bpf_get_netns_cookie(skops);
+	struct pod_ips *pod = bpf_map_lookup_elem(&enrolled, &netns);
+	if (!pod || !pod_has_ip(pod, &remote))
 		return 1;
 	/* remote_port is network order; depending on the kernel it sits in the high or the
 	 * low 16 bits of the field. A port is never 0, so take whichever half is set. */

@@ -4,6 +4,10 @@ set -euo pipefail
 need=()
 command -v ip >/dev/null || need+=(iproute2)
 command -v iptables >/dev/null || need+=(iptables)
+# nftables: the agent's REDIRECT_MODE=nftables fallback and the "nothing in the host netns" checks.
+command -v nft >/dev/null || need+=(nftables)
+# perl: the ambient netns tests' echo server (reports the peer address it saw).
+command -v perl >/dev/null || need+=(perl)
 command -v nsenter >/dev/null || need+=(util-linux)
 command -v tcpdump >/dev/null || need+=(tcpdump)
 command -v cmake >/dev/null || need+=(cmake)

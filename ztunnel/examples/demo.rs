@@ -1,69 +1,92 @@
-//! Demo (root; Linux): two nodes, a meshed client pod and a meshed server pod, one ztunnel per
-//! pod, Istio's in-pod redirect rules, and the `istiod-compat` control plane on local files in
-//! node1's network namespace. It shows the proxies getting their configuration over delta xDS
-//! and their certificates from istiod-compat's CA, a plain TCP request travelling through
-//! HBONE, the identity the server's proxy saw, what crossed the node-to-node link, and a DENY
-//! AuthorizationPolicy file taking effect.
+//! Demo (root; Linux): the ambient capture path on two nodes. `istiod-compat` runs on local
+//! files in node1's network namespace; each node runs a node agent (`redirect-agent`, eBPF
+//! redirection unless `REDIRECT_MODE=nftables`) and ONE shared-mode `ztunnel` for all its
+//! pods; pods are enrolled by the `mesh-cni` plugin, invoked the way a container runtime
+//! invokes it, and their processes run in their own cgroup. The apps know nothing about the
+//! mesh: a `perl` echo server and `bash` clients using `/dev/tcp`.
 //!
-//! Usage: `demo <ztunnel binary> <istiod-compat binary>` (or `ZTUNNEL_BIN=...`,
-//! `ISTIOD_COMPAT_BIN=...`); `scripts/demo.sh` builds everything and runs it. Exits non-zero
-//! if any step fails.
+//! It sends plain requests between pods, then prints which connections the node proxies
+//! captured and with which identities (from their access logs), what crossed the node link,
+//! and that no netfilter rule exists in the host or node namespaces.
+//!
+//! Usage: `demo <ztunnel binary>`; `istiod-compat`, `redirect-agent` and `mesh-cni` are taken
+//! from the same directory (or `ZTUNNEL_BIN=...`). `scripts/demo.sh` builds everything and
+//! runs it. Exits non-zero if any step fails.
 
-use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
 
 use ztunnel::test_helpers::netns::{
-    LoggedProc, PATIENCE, Pod, RegistryObjects, Topology, XDS_TLS_PORT, ZtunnelProc,
+    Ambient, AmbientBins, AmbientPod, PodEchoServer, RedirectMode, netfilter_rules,
 };
 
 const APP_PORT: u16 = 8080;
 const HBONE_PORT: u16 = 15008;
-/// The xDS client logs each applied response at debug; the demo shows them.
-const PROXY_LOG: &str = "info,ztunnel::xds=debug";
+const NODE1: usize = 0;
+const NODE2: usize = 1;
 
-fn binary(arg: Option<OsString>, var: &str, build: &str) -> Result<PathBuf, String> {
-    let Some(path) = arg.or_else(|| std::env::var_os(var)).map(PathBuf::from) else {
-        return Err(format!(
-            "usage: demo <ztunnel binary> <istiod-compat binary>   (or set ZTUNNEL_BIN and \
-             ISTIOD_COMPAT_BIN); {var} is missing"
-        ));
+fn binaries() -> Result<AmbientBins, String> {
+    let Some(ztunnel) = std::env::args_os()
+        .nth(1)
+        .or_else(|| std::env::var_os("ZTUNNEL_BIN"))
+        .map(PathBuf::from)
+    else {
+        return Err(
+            "usage: demo <ztunnel binary>   (or set ZTUNNEL_BIN); the other binaries \
+                    are taken from the same directory"
+                .to_owned(),
+        );
     };
-    if !path.is_file() {
-        return Err(format!(
-            "{} is not a file; build it with `{build}`",
-            path.display()
-        ));
-    }
-    Ok(path)
+    let sibling = |name: &str| -> Result<PathBuf, String> {
+        let path = ztunnel.with_file_name(name);
+        if path.is_file() {
+            Ok(path)
+        } else {
+            Err(format!(
+                "{} is not a file; build it with `cargo build -p ztunnel -p istiod-compat -p \
+                 redirect-agent -p mesh-cni --bins`",
+                path.display()
+            ))
+        }
+    };
+    Ok(AmbientBins {
+        istiod_compat: sibling("istiod-compat")?,
+        agent: sibling("redirect-agent")?,
+        cni: sibling("mesh-cni")?,
+        ztunnel: sibling("ztunnel")?,
+    })
 }
 
 fn main() -> ExitCode {
-    let mut args = std::env::args_os().skip(1);
-    let bins =
-        binary(args.next(), "ZTUNNEL_BIN", "cargo build -p ztunnel --bins").and_then(|ztunnel| {
-            let istiod = binary(
-                args.next(),
-                "ISTIOD_COMPAT_BIN",
-                "cargo build -p istiod-compat",
-            )?;
-            Ok((ztunnel, istiod))
-        });
-    let (ztunnel, istiod) = match bins {
+    let bins = match binaries() {
         Ok(bins) => bins,
         Err(err) => {
             eprintln!("demo: {err}");
             return ExitCode::from(2);
         }
     };
-    match run(&ztunnel, &istiod) {
-        Ok(()) => {
+    let mode = match std::env::var("REDIRECT_MODE").as_deref() {
+        Ok("nftables") => RedirectMode::Nftables,
+        Ok("ebpf") | Err(_) => RedirectMode::Ebpf,
+        Ok(other) => {
+            eprintln!("demo: REDIRECT_MODE must be ebpf or nftables, not {other}");
+            return ExitCode::from(2);
+        }
+    };
+    // The harness reports failures by panicking (with the logs of the processes involved).
+    match catch_unwind(AssertUnwindSafe(|| run(bins, mode))) {
+        Ok(Ok(())) => {
             println!("\nDemo finished: every step behaved as expected.");
             ExitCode::SUCCESS
         }
-        Err(err) => {
+        Ok(Err(err)) => {
             eprintln!("\nDemo FAILED: {err}");
+            ExitCode::FAILURE
+        }
+        Err(_) => {
+            eprintln!("\nDemo FAILED (see the message above)");
             ExitCode::FAILURE
         }
     }
@@ -73,246 +96,233 @@ fn step(title: &str) {
     println!("\n== {title}");
 }
 
-fn describe(pod: &Pod) -> String {
+fn describe(pod: &AmbientPod, enrolled: bool) -> String {
     format!(
-        "pod {}/{} (service account {}) on {}, IP {}",
-        pod.namespace, pod.name, pod.service_account, pod.node, pod.ip
+        "{}/{} (service account {}) on {}, IP {}, cgroup {}{}",
+        pod.pod.namespace,
+        pod.pod.name,
+        pod.pod.service_account,
+        pod.pod.node,
+        pod.pod.ip,
+        pod.cgroup.display(),
+        if enrolled { "" } else { " (NOT enrolled)" }
     )
 }
 
-/// The value of `src.identity=` in a tracing line (quotes removed).
-fn identity_in(line: &str) -> Option<String> {
-    let rest = line.split("src.identity=").nth(1)?;
-    let value = rest.split_whitespace().next()?;
-    Some(value.trim_matches('"').to_owned())
+/// One request and what the node link and the proxies saw of it.
+struct Observed {
+    clear_on_link: bool,
+    tls_on_link: usize,
+    peer: SocketAddr,
 }
 
-fn run(ztunnel: &Path, istiod_bin: &Path) -> Result<(), String> {
-    step("1. Topology");
-    let mut topo = Topology::new("demo").with_ztunnel_bin(ztunnel);
-    let node1 = topo.add_node("node1");
-    let node2 = topo.add_node("node2");
-    let client = topo.add_pod_as(&node1, "client", "frontend", "client");
-    let server = topo.add_pod_as(&node2, "server", "backend", "server");
-    println!(
-        "Two nodes in their own network namespaces, joined by one link ({} <-> {}):",
-        node1.link_ip, node2.link_ip
-    );
-    println!("  pod A: {}", describe(&client));
-    println!("  pod B: {}", describe(&server));
-    let echo = server.start_echo_server(APP_PORT);
-    println!("Pod B runs a TCP echo server on port {APP_PORT} that knows nothing about the mesh.");
-    topo.apply_inpod_redirect(&client);
-    topo.apply_inpod_redirect(&server);
-    println!(
-        "Both pods got Istio's in-pod rules (scripts/ztunnel-redirect-inpod.sh): outbound TCP \
-         -> 15001, inbound TCP -> 15006, port 15008 and the proxy's own (marked) traffic untouched."
-    );
+fn send(
+    mesh: &Ambient,
+    from: &AmbientPod,
+    to: &PodEchoServer,
+    what: &str,
+) -> Result<Observed, String> {
+    let payload = format!("DEMO-{what}-{}-", std::process::id()).repeat(8);
+    let mark = to.mark();
+    let capture = mesh.topology().start_capture(&mesh.node(NODE1).node);
+    let reply = from.request(to.addr(), &payload);
+    let pcap = capture.stop();
+    match reply {
+        Ok(reply) if reply == payload => {}
+        Ok(_) => return Err(format!("{what}: the echo came back altered")),
+        Err(err) => return Err(format!("{what}: {err}")),
+    }
+    Ok(Observed {
+        clear_on_link: pcap.occurrences(payload.as_bytes()) > 0,
+        tls_on_link: pcap.tls_app_data_segments(HBONE_PORT),
+        peer: to.peer_since(mark),
+    })
+}
 
-    step("2. The control plane: istiod-compat on local files");
-    let cp = topo.control_plane(istiod_bin, &node1);
-    let objects = RegistryObjects::new().ambient_pods(&[&client, &server]);
-    cp.write_registry_file("10-topology.yaml", &objects.to_yaml());
+fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    let rest = line.split(&format!(" {name}=")).nth(1)?;
+    let value = if let Some(quoted) = rest.strip_prefix('"') {
+        quoted.split('"').next()?
+    } else {
+        rest.split_whitespace().next()?
+    };
+    Some(value)
+}
+
+/// Prints every connection the node proxies logged (access logs), with identities.
+fn print_captured(mesh: &Ambient, marks: [usize; 2]) -> usize {
+    let mut count = 0;
+    for (node, mark) in [NODE1, NODE2].into_iter().zip(marks) {
+        for line in mesh.ztunnel(node).lines_since(mark) {
+            if !line.contains("connection complete") {
+                continue;
+            }
+            count += 1;
+            let get = |name| field(&line, name).unwrap_or("-");
+            println!(
+                "  node{} ztunnel, {:8} {} -> {}  src.identity={}  dst.identity={}  \
+                 (src.workload={}, dst.workload={})",
+                node + 1,
+                get("direction"),
+                get("src.addr"),
+                get("dst.addr"),
+                get("src.identity"),
+                get("dst.identity"),
+                get("src.workload"),
+                get("dst.workload"),
+            );
+        }
+    }
+    count
+}
+
+fn run(bins: AmbientBins, mode: RedirectMode) -> Result<(), String> {
+    step("1. Two nodes: istiod-compat on local files, a node agent and a shared ztunnel each");
+    let host_rules_before = netfilter_rules(None);
+    let mut mesh = Ambient::new("demo", bins, mode);
     println!(
-        "Registry directory {} (Kubernetes YAML, re-read when it changes):\n{}",
-        cp.registry_dir().display(),
-        indent(&objects.to_yaml())
+        "istiod-compat (pid {}) serves xDS and the CA at https://{}:15012 from {}.",
+        mesh.istiod().pid(),
+        mesh.node(NODE1).node.gateway,
+        mesh.control_plane().registry_dir().display()
     );
-    let istiod = cp.start();
-    println!(
-        "istiod-compat runs in node1's namespace (pid {}), serving delta xDS and the Istio CA \
-         at {}; its CA directory is {}.",
-        istiod.pid(),
-        cp.address(),
-        cp.ca_dir().display()
-    );
-    for pod in [&client, &server] {
-        let token = cp.token_file(pod);
+    for node in [NODE1, NODE2] {
+        let n = mesh.node(node);
         println!(
-            "  token for {}/{} (service account {}, node {}): {}",
-            pod.namespace,
-            pod.name,
-            pod.service_account,
-            pod.node,
-            token.display()
+            "{}: redirect-agent pid {} (REDIRECT_MODE={}, cgroup {}, pins {}), shared-mode \
+             ztunnel pid {} (ZDS {}); both ready.",
+            n.node.name,
+            mesh.agent(node).pid(),
+            mode.as_env(),
+            n.cgroup.display(),
+            n.pin_dir.display(),
+            mesh.ztunnel(node).pid(),
+            n.zds_socket.display()
         );
     }
 
-    step("3. One ztunnel per pod, configured by the control plane");
-    let env = [("RUST_LOG", PROXY_LOG)];
-    let server_proxy = topo.start_ztunnel_with_control_plane(&server, &cp, &env);
-    let client_proxy = topo.start_ztunnel_with_control_plane(&client, &cp, &env);
-    println!(
-        "Started one ztunnel per pod, inside the pod's namespace (pid {} in A, pid {} in B), with \
-         no local config file and no local CA; both said `proxy ready`.",
-        client_proxy.pid(),
-        server_proxy.pid()
-    );
-    for (name, proxy) in [("A", &client_proxy), ("B", &server_proxy)] {
-        report_xds(name, proxy)?;
+    step("2. Pods, enrolled by the CNI plugin (namespaces frontend and backend are ambient)");
+    mesh.set_namespace_mode("frontend", Some("ambient"));
+    mesh.set_namespace_mode("backend", Some("ambient"));
+    mesh.set_namespace_mode("legacy", None);
+    let server = mesh.add_pod(NODE2, "server", "backend", None);
+    let client = mesh.add_pod(NODE1, "client", "frontend", None);
+    let legacy = mesh.add_pod(NODE1, "legacy", "legacy", None);
+    for (pod, enrolled) in [(&client, true), (&server, true), (&legacy, false)] {
+        println!("  {}", describe(pod, enrolled));
     }
-    report_certificates(&istiod, &[&client, &server])?;
-
-    step("4. A plain request from pod A to pod B");
-    let capture = topo.start_capture(&node1);
-    let marker = format!("DEMO-SECRET-{}-", std::process::id());
-    let payload = marker.repeat(32);
-    let mark = server_proxy.log_mark();
-    client
-        .echo(server.addr(APP_PORT), payload.as_bytes(), PATIENCE)
-        .map_err(|e| {
-            format!(
-                "the echo from pod A to {} failed: {e}",
-                server.addr(APP_PORT)
-            )
-        })?;
-    let peer = echo
-        .next_peer(PATIENCE)
-        .ok_or("the echo server in pod B saw no connection")?;
     println!(
-        "Pod A connected plainly to {}:{APP_PORT} and sent {} bytes; they came back unchanged.",
-        server.ip,
-        payload.len()
+        "Each got `mesh-cni` ADD (CNI_COMMAND=ADD, CNI_NETNS, CNI_ARGS with the pod name, \
+         chained config on stdin); the agent enrolled the ambient ones and handed their \
+         network namespaces to the node's ztunnel over ZDS."
     );
-    println!("The app in pod B saw the connection coming from {peer} (pod A's own IP).");
-    if peer.ip() != std::net::IpAddr::from(client.ip) {
+    for line in mesh.agent(NODE1).lines_containing("client") {
+        println!("  node1 agent: {line}");
+    }
+    let echo = server.start_echo_server(APP_PORT);
+    println!("Pod server runs a plain TCP echo server (perl) on port {APP_PORT}.");
+
+    step("3. Plain requests");
+    let marks = [
+        mesh.ztunnel(NODE1).log_mark(),
+        mesh.ztunnel(NODE2).log_mark(),
+    ];
+    let meshed = send(&mesh, &client, &echo, "meshed")?;
+    println!(
+        "client -> server:{APP_PORT}: echoed; the server app saw {} (the client's pod IP); \
+         on the node link: {} TLS records on 15008, payload in clear: {}",
+        meshed.peer, meshed.tls_on_link, meshed.clear_on_link
+    );
+    if meshed.clear_on_link || meshed.tls_on_link == 0 {
+        return Err("the enrolled pods' request was not carried over HBONE/mTLS".to_owned());
+    }
+    if meshed.peer.ip() != std::net::IpAddr::from(client.pod.ip) {
         return Err(format!(
-            "pod B's app saw {peer}, not pod A's IP {}",
-            client.ip
+            "the server saw {}, not the client's pod IP",
+            meshed.peer
         ));
     }
-
-    let line = server_proxy
-        .try_wait_for_log_since(mark, "src.identity=", PATIENCE)
-        .ok_or("pod B's proxy logged no `src.identity=` line for the connection")?;
-    let identity = identity_in(&line).ok_or("could not read src.identity= from the log line")?;
-    println!("Pod B's proxy authenticated the caller over mTLS as: {identity}");
-    println!("  (log line: {line})");
-    if !identity.contains(&client.principal()) {
-        return Err(format!("expected an identity for {}", client.principal()));
-    }
-
-    let pcap = capture.stop();
-    let hits = pcap.occurrences(marker.as_bytes());
-    let tls_bytes = pcap.payload_bytes_on_port(HBONE_PORT);
-    let tls_records = pcap.tls_app_data_segments(HBONE_PORT);
-    let ports = pcap.payload_ports();
+    let plain = send(&mesh, &legacy, &echo, "legacy")?;
     println!(
-        "The capture on the node-to-node link saw {tls_bytes} bytes of TLS on port {HBONE_PORT} \
-         ({tls_records} segments with application-data records) and {hits} plaintext marker hits."
+        "legacy -> server:{APP_PORT} (legacy is not enrolled): echoed; the server saw {}; \
+         payload in clear on the node link: {} (plaintext into the server's proxy)",
+        plain.peer, plain.clear_on_link
     );
-    if hits > 0 {
-        return Err("the payload crossed the node link in clear text".to_owned());
+
+    step("4. What the node proxies captured, and with which identities (access logs)");
+    println!(
+        "(each line is one connection a node proxy handled; src.identity is the mTLS peer, `-` \
+         for plaintext from an un-enrolled pod)"
+    );
+    let captured = print_captured(&mesh, marks);
+    if captured == 0 {
+        return Err("the node proxies logged no connection".to_owned());
     }
-    if tls_records == 0 {
-        return Err("no TLS application data on port 15008: the request did not use HBONE".into());
-    }
-    // Pod B's proxy reaches the control plane on node1 over the same link (TLS on 15012).
-    let allowed = [HBONE_PORT, XDS_TLS_PORT];
-    if let Some(other) = ports
+    let identity = format!("spiffe://{}", client.pod.principal());
+    if !mesh
+        .ztunnel(NODE2)
+        .lines_containing("connection complete")
         .iter()
-        .find(|&&(s, d)| !allowed.contains(&s) && !allowed.contains(&d))
+        .any(|l| l.contains(&identity))
     {
-        return Err(format!(
-            "payload on the node link outside ports 15008 (HBONE) and 15012 (control plane): {other:?}"
-        ));
+        return Err(format!("node2's ztunnel did not authenticate {identity}"));
     }
-    println!(
-        "So the request went pod A -> ztunnel A (15001) -> HBONE/mTLS -> ztunnel B (15008) -> app."
-    );
 
-    step("5. A DENY AuthorizationPolicy for pod A's identity, as a registry file");
-    let deny = RegistryObjects::new().authorization_policy(
-        "deny-frontend-client",
-        &server.namespace,
-        "DENY",
-        &[client.principal()],
+    step("5. STRICT mTLS for backend: plaintext from the un-enrolled pod is refused");
+    let mark = mesh.ztunnel(NODE2).log_mark();
+    mesh.control_plane().write_registry_file(
+        "50-strict.yaml",
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata:\n  name: strict\n  \
+         namespace: backend\nspec:\n  mtls:\n    mode: STRICT\n",
     );
-    println!(
-        "New file {}/40-deny-client.yaml:\n{}",
-        cp.registry_dir().display(),
-        indent(&deny.to_yaml())
-    );
-    let mark = server_proxy.log_mark();
-    let written = Instant::now();
-    cp.write_registry_file("40-deny-client.yaml", &deny.to_yaml());
-    let applied = server_proxy
-        .try_wait_for_line_since(mark, PATIENCE, |line| {
-            line.contains("xDS response applied")
-                && line.contains("istio.security.Authorization")
-                && !line.contains("updated=0 removed=0")
+    mesh.ztunnel(NODE2)
+        .try_wait_for_line_since(mark, ztunnel::test_helpers::netns::PATIENCE, |l| {
+            l.contains("xDS response applied") && l.contains("istio.security.Authorization")
         })
-        .ok_or("pod B's proxy did not receive the policy over xDS")?;
+        .ok_or("node2's ztunnel did not receive the STRICT policy")?;
+    match legacy.request(echo.addr(), "may-I") {
+        Ok(_) => return Err("plaintext from legacy still got through under STRICT".to_owned()),
+        Err(err) => println!("legacy -> server refused: {err}"),
+    }
+    send(&mesh, &client, &echo, "strict-mtls")?;
+    println!("client -> server still works (mTLS).");
+
+    step("6. No netfilter rules in the host or node namespaces");
+    let host_now = netfilter_rules(None);
     println!(
-        "istiod-compat noticed the file and pushed it; pod B's proxy applied it {:?} after the \
-         file was written:\n  {applied}",
-        written.elapsed(),
-        applied = without_timestamp(&applied)
+        "host netns: {}",
+        if host_now == host_rules_before {
+            "unchanged"
+        } else {
+            "CHANGED"
+        }
     );
-    report_refusal(&client, &server, &server_proxy)
-}
-
-/// Prints the proxy's xDS connection and the resources it applied.
-fn report_xds(name: &str, proxy: &ZtunnelProc) -> Result<(), String> {
-    let established = proxy
-        .try_wait_for_log_since(0, "xDS stream established", PATIENCE)
-        .ok_or(format!("ztunnel {name} logged no xDS stream"))?;
-    let synced = proxy
-        .try_wait_for_log_since(0, "xDS initial sync complete", PATIENCE)
-        .ok_or(format!("ztunnel {name} logged no initial xDS sync"))?;
-    println!("ztunnel {name} got its configuration over delta xDS:");
-    println!("  {}", without_timestamp(&established));
-    for line in proxy.lines_containing("xDS response applied") {
-        println!("  {}", without_timestamp(&line));
+    if host_now != host_rules_before {
+        return Err(format!("the host's netfilter rules changed:\n{host_now}"));
     }
-    println!("  {}", without_timestamp(&synced));
-    Ok(())
-}
-
-/// Prints the certificates istiod-compat's CA issued to the pods' proxies.
-fn report_certificates(istiod: &LoggedProc, pods: &[&Pod]) -> Result<(), String> {
-    println!("Each proxy got its workload certificate from istiod-compat's CA (identities):");
-    for pod in pods {
-        let identity = format!("spiffe://{}", pod.principal());
-        let line = istiod
-            .try_wait_for_line_since(0, PATIENCE, |line| {
-                line.contains("certificate issued") && line.contains(&identity)
-            })
-            .ok_or(format!(
-                "istiod-compat issued no certificate for {identity}"
-            ))?;
-        println!("  {}", without_timestamp(&line));
-    }
-    Ok(())
-}
-
-/// A log line without its timestamp.
-fn without_timestamp(line: &str) -> &str {
-    line.split_once(' ')
-        .map_or(line, |(_, rest)| rest.trim_start())
-}
-
-fn report_refusal(client: &Pod, server: &Pod, server_proxy: &ZtunnelProc) -> Result<(), String> {
-    let mark = server_proxy.log_mark();
-    match client.echo(server.addr(APP_PORT), b"may I?", Duration::from_secs(5)) {
-        Ok(()) => Err("the request still succeeded after the DENY policy".to_owned()),
-        Err(err) => {
-            println!("The same request from pod A is now refused (the client saw: {err}).");
-            let lines = server_proxy.lines_since(mark);
-            let denial = lines
-                .iter()
-                .find(|l| l.to_ascii_lowercase().contains("den"));
-            if let Some(line) = denial {
-                println!("  (pod B's proxy: {line})");
+    for node in [NODE1, NODE2] {
+        let n = &mesh.node(node).node;
+        let rules = netfilter_rules(Some(&n.netns_path()));
+        println!(
+            "{} netns: {}",
+            n.name,
+            if rules.trim().is_empty() {
+                "empty"
+            } else {
+                "NOT empty"
             }
-            Ok(())
+        );
+        if !rules.trim().is_empty() {
+            return Err(format!("{} has netfilter rules:\n{rules}", n.name));
         }
     }
+    cleanup_note(Path::new(&mesh.node(NODE1).pin_dir));
+    Ok(())
 }
 
-fn indent(text: &str) -> String {
-    text.lines()
-        .map(|l| format!("    {l}"))
-        .collect::<Vec<_>>()
-        .join("\n")
+fn cleanup_note(pins: &Path) {
+    println!(
+        "\nEverything (namespaces, cgroups, pins such as {}) is removed when the demo exits.",
+        pins.display()
+    );
 }

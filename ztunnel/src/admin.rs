@@ -11,6 +11,7 @@ use tracing::info;
 use crate::config::Config;
 use crate::http_server::{self, Response};
 use crate::identity::{CertManager, CertificateDump};
+use crate::inpod::manager::{PodStatus, PodsView};
 use crate::logging::LogControl;
 use crate::state::{Authorization, Service, StateStore, Workload};
 
@@ -34,6 +35,8 @@ pub struct AdminService {
     pub log: Option<Arc<dyn LogControl>>,
     /// Cancelled by `/quitquitquit`.
     pub shutdown: CancellationToken,
+    /// Shared mode: the pods served.
+    pub pods: Option<PodsView>,
 }
 
 #[derive(Serialize)]
@@ -43,6 +46,8 @@ struct ConfigDump<'a> {
     services: Vec<&'a Service>,
     policies: Vec<&'a Authorization>,
     certificates: Vec<CertificateDump>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pods: Option<Vec<PodStatus>>,
     config: &'a Config,
     version: &'static str,
 }
@@ -61,6 +66,7 @@ impl AdminService {
             services,
             policies,
             certificates: self.certs.dump(),
+            pods: self.pods.as_ref().map(PodsView::list),
             config: &self.cfg,
             version: env!("CARGO_PKG_VERSION"),
         };

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -16,6 +17,8 @@ use crate::control::{AuthHeaders, ControlTarget};
 use crate::drain::{Drain, DrainOutcome};
 use crate::http_server;
 use crate::identity::{CaClient, CertManager, CertificateSource, LocalCa};
+use crate::inpod::manager::{PodsView, ProxyManager, SharedInputs};
+use crate::inpod::{self, InpodHandle};
 use crate::localconfig::{self, LocalConfigMetrics};
 use crate::logging::LogControl;
 use crate::metrics::{Metrics, MetricsService};
@@ -32,11 +35,12 @@ use crate::xds::XdsClient;
 /// The addresses the proxy actually bound.
 #[derive(Debug, Clone)]
 pub struct Bound {
-    /// Outbound capture (15001).
+    /// Outbound capture (15001). Shared mode: the address each pod proxy binds inside its
+    /// pod's netns (nothing is bound in ztunnel's own netns).
     pub outbound: SocketAddr,
-    /// Inbound plaintext capture (15006).
+    /// Inbound plaintext capture (15006). Shared mode: as `outbound`, per pod.
     pub inbound_plaintext: SocketAddr,
-    /// Inbound HBONE (15008).
+    /// Inbound HBONE (15008). Shared mode: as `outbound`, per pod.
     pub inbound: SocketAddr,
     /// SOCKS5 (15080), when enabled.
     pub socks5: Option<SocketAddr>,
@@ -73,6 +77,8 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     /// Readiness tracker.
     pub readiness: Readiness,
+    /// Shared mode: the pod proxies started through ZDS.
+    pub pods: Option<PodsView>,
     drain: Drain,
     shutdown: CancellationToken,
     drained: watch::Receiver<Option<DrainOutcome>>,
@@ -93,11 +99,16 @@ pub async fn build_with(cfg: Config, opts: BuildOptions) -> anyhow::Result<App> 
     let local_config = Arc::new(LocalConfigMetrics::default());
     let metrics = Arc::new(Metrics::new(local_config.clone()));
     let readiness = opts.readiness.unwrap_or_default();
-    let state_ready = readiness.register("state manager");
+    let state_ready = readiness.register(inpod::STATE_TASK);
     let proxy_ready = readiness.register("proxy");
     let sockets = SocketFactory {
         mark: cfg.packet_mark,
     };
+    let shared_mode = cfg.proxy_mode == ProxyMode::Shared;
+    if shared_mode {
+        inpod::netns::startup_check(cfg.packet_mark.unwrap_or(crate::config::DEFAULT_INPOD_MARK))
+            .context("shared mode start-up check")?;
+    }
 
     // Readiness answers first, so probes see "not ready" (not a refused port) during start-up.
     let (readiness_listener, _) = sockets
@@ -194,25 +205,23 @@ pub async fn build_with(cfg: Config, opts: BuildOptions) -> anyhow::Result<App> 
         spoof,
         metrics.clone(),
     );
+    let inpod_manager = shared_mode.then(|| {
+        ProxyManager::new(SharedInputs {
+            cfg: cfg.clone(),
+            state: state.clone(),
+            certs: certs.clone(),
+            metrics: metrics.clone(),
+            spoof_source: spoof,
+            sockets,
+        })
+    });
+    let inpod_view = inpod_manager.as_ref().map(ProxyManager::view);
 
-    let (outbound, _) = sockets
-        .listen_any_family(cfg.outbound_addr, true)
-        .context("outbound listener")?;
-    let (plaintext, _) = sockets
-        .listen_any_family(cfg.inbound_plaintext_addr, true)
-        .context("inbound plaintext listener")?;
-    let (inbound, _) = sockets
-        .listen_any_family(cfg.inbound_addr, true)
-        .context("inbound HBONE listener")?;
-    let socks5 = if cfg.enable_socks5 {
-        Some(
-            sockets
-                .listen(cfg.socks5_addr, false)
-                .context("SOCKS5 listener")?
-                .0,
-        )
-    } else {
+    // Shared mode binds the capture listeners per pod, inside each pod's netns.
+    let node_listeners = if shared_mode {
         None
+    } else {
+        Some(NodeListeners::bind(&cfg, &sockets)?)
     };
     let (admin, _) = sockets
         .listen(cfg.admin_addr, false)
@@ -221,10 +230,23 @@ pub async fn build_with(cfg: Config, opts: BuildOptions) -> anyhow::Result<App> 
         .listen_any_family(cfg.metrics_addr, false)
         .context("metrics listener")?;
     let bound = Bound {
-        outbound: outbound.local_addr()?,
-        inbound_plaintext: plaintext.local_addr()?,
-        inbound: inbound.local_addr()?,
-        socks5: socks5.as_ref().map(|l| l.local_addr()).transpose()?,
+        outbound: match &node_listeners {
+            Some(l) => l.outbound.local_addr()?,
+            None => inpod::manager::OUTBOUND_ADDR,
+        },
+        inbound_plaintext: match &node_listeners {
+            Some(l) => l.plaintext.local_addr()?,
+            None => cfg.inbound_plaintext_addr,
+        },
+        inbound: match &node_listeners {
+            Some(l) => l.inbound.local_addr()?,
+            None => cfg.inbound_addr,
+        },
+        socks5: node_listeners
+            .as_ref()
+            .and_then(|l| l.socks5.as_ref())
+            .map(|l| l.local_addr())
+            .transpose()?,
         admin: admin.local_addr()?,
         metrics: metrics_listener.local_addr()?,
         readiness: readiness_addr,
@@ -239,6 +261,7 @@ pub async fn build_with(cfg: Config, opts: BuildOptions) -> anyhow::Result<App> 
             certs: certs.clone(),
             log: opts.log,
             shutdown: shutdown.clone(),
+            pods: inpod_view.clone(),
         }),
         background.clone(),
     ));
@@ -259,39 +282,8 @@ pub async fn build_with(cfg: Config, opts: BuildOptions) -> anyhow::Result<App> 
         tokio::spawn(client.run(background.clone()));
     }
 
-    let spawn = |name: &'static str, l, h: Arc<dyn Handler>| {
-        tokio::spawn(listener::run(name, l, h, drain.clone()));
-    };
-    spawn(
-        "outbound",
-        outbound,
-        Arc::new(Outbound {
-            inputs: inputs.clone(),
-        }),
-    );
-    spawn(
-        "inbound_plaintext",
-        plaintext,
-        Arc::new(InboundPlaintext {
-            inputs: inputs.clone(),
-        }),
-    );
-    spawn(
-        "inbound",
-        inbound,
-        Arc::new(InboundHbone {
-            inputs: inputs.clone(),
-            drain: drain.clone(),
-        }),
-    );
-    if let Some(l) = socks5 {
-        spawn(
-            "socks5",
-            l,
-            Arc::new(Socks5 {
-                inputs: inputs.clone(),
-            }),
-        );
+    if let Some(listeners) = node_listeners {
+        listeners.spawn(&inputs, &drain);
     }
     tokio::spawn(
         inputs
@@ -316,11 +308,22 @@ pub async fn build_with(cfg: Config, opts: BuildOptions) -> anyhow::Result<App> 
         });
     }
 
+    // The ZDS client connects once the state manager is ready (reference §17).
+    let inpod = inpod_manager.map(|manager| {
+        inpod::spawn(
+            cfg.inpod.uds.clone(),
+            manager,
+            readiness.clone(),
+            cfg.termination_deadline,
+        )
+    });
+
     let drained = spawn_lifecycle(
         shutdown.clone(),
         drain.clone(),
         background,
         cfg.termination_deadline,
+        inpod,
     );
     drop(proxy_ready);
 
@@ -332,6 +335,7 @@ pub async fn build_with(cfg: Config, opts: BuildOptions) -> anyhow::Result<App> 
         admin = %bound.admin,
         metrics = %bound.metrics,
         readiness = %bound.readiness,
+        mode = ?cfg.proxy_mode,
         spoof_source = spoof,
         "proxy ready"
     );
@@ -342,10 +346,86 @@ pub async fn build_with(cfg: Config, opts: BuildOptions) -> anyhow::Result<App> 
         local_config,
         metrics,
         readiness,
+        pods: inpod_view,
         drain,
         shutdown,
         drained,
     })
+}
+
+/// The node-level capture listeners of dedicated mode.
+struct NodeListeners {
+    outbound: TcpListener,
+    plaintext: TcpListener,
+    inbound: TcpListener,
+    socks5: Option<TcpListener>,
+}
+
+impl NodeListeners {
+    fn bind(cfg: &Config, sockets: &SocketFactory) -> anyhow::Result<NodeListeners> {
+        let (outbound, _) = sockets
+            .listen_any_family(cfg.outbound_addr, true)
+            .context("outbound listener")?;
+        let (plaintext, _) = sockets
+            .listen_any_family(cfg.inbound_plaintext_addr, true)
+            .context("inbound plaintext listener")?;
+        let (inbound, _) = sockets
+            .listen_any_family(cfg.inbound_addr, true)
+            .context("inbound HBONE listener")?;
+        let socks5 = if cfg.enable_socks5 {
+            Some(
+                sockets
+                    .listen(cfg.socks5_addr, false)
+                    .context("SOCKS5 listener")?
+                    .0,
+            )
+        } else {
+            None
+        };
+        Ok(NodeListeners {
+            outbound,
+            plaintext,
+            inbound,
+            socks5,
+        })
+    }
+
+    fn spawn(self, inputs: &Arc<ProxyInputs>, drain: &Drain) {
+        let spawn = |name: &'static str, l, h: Arc<dyn Handler>| {
+            tokio::spawn(listener::run(name, l, h, drain.clone()));
+        };
+        spawn(
+            "outbound",
+            self.outbound,
+            Arc::new(Outbound {
+                inputs: inputs.clone(),
+            }),
+        );
+        spawn(
+            "inbound_plaintext",
+            self.plaintext,
+            Arc::new(InboundPlaintext {
+                inputs: inputs.clone(),
+            }),
+        );
+        spawn(
+            "inbound",
+            self.inbound,
+            Arc::new(InboundHbone {
+                inputs: inputs.clone(),
+                drain: drain.clone(),
+            }),
+        );
+        if let Some(l) = self.socks5 {
+            spawn(
+                "socks5",
+                l,
+                Arc::new(Socks5 {
+                    inputs: inputs.clone(),
+                }),
+            );
+        }
+    }
 }
 
 /// Waits for the shutdown request (signal via `App::shutdown`, or `/quitquitquit`), then
@@ -355,12 +435,24 @@ fn spawn_lifecycle(
     drain: Drain,
     background: CancellationToken,
     deadline: Duration,
+    inpod: Option<InpodHandle>,
 ) -> watch::Receiver<Option<DrainOutcome>> {
     let (tx, rx) = watch::channel(None);
     tokio::spawn(async move {
         shutdown.cancelled().await;
         info!(?deadline, "draining");
-        let outcome = drain.drain(deadline).await;
+        let pods = async {
+            match inpod {
+                Some(handle) => handle.shutdown().await,
+                None => DrainOutcome::Completed,
+            }
+        };
+        let (node, pods) = tokio::join!(drain.drain(deadline), pods);
+        let outcome = if node == DrainOutcome::Forced || pods == DrainOutcome::Forced {
+            DrainOutcome::Forced
+        } else {
+            DrainOutcome::Completed
+        };
         background.cancel();
         info!(?outcome, "drained");
         let _ = tx.send(Some(outcome));

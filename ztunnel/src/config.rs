@@ -12,9 +12,11 @@ use std::time::Duration;
 use serde::Serialize;
 
 mod control;
+mod inpod;
 
 pub(crate) use control::parse_pem_certs;
 pub use control::{AuthToken, ControlPlaneConfig, RootCerts, is_plaintext};
+pub use inpod::{DEFAULT_MARK as DEFAULT_INPOD_MARK, InpodConfig};
 
 /// Environment variable names (Istio's where Istio has one).
 pub mod env {
@@ -70,6 +72,10 @@ pub mod env {
     pub const ENABLE_ORIG_SRC: &str = "ENABLE_ORIG_SRC";
     /// SO_MARK of every socket the proxy opens.
     pub const PACKET_MARK: &str = "PACKET_MARK";
+    /// Shared mode: the node agent's ZDS socket (SOCK_SEQPACKET).
+    pub const INPOD_UDS: &str = "INPOD_UDS";
+    /// Shared mode: SO_REUSEPORT on the per-pod listeners.
+    pub const INPOD_PORT_REUSE: &str = "INPOD_PORT_REUSE";
     /// How long draining connections may finish after shutdown starts.
     pub const CONNECTION_TERMINATION_DEADLINE: &str = "CONNECTION_TERMINATION_DEADLINE";
     /// Kubernetes pod termination grace period; derives the termination deadline.
@@ -80,6 +86,44 @@ pub mod env {
     pub const RUST_LOG: &str = "RUST_LOG";
     /// `json` for JSON logs.
     pub const LOG_FORMAT: &str = "LOG_FORMAT";
+
+    /// Every variable above: what the parser reads (besides the `ISTIO_META_*` prefix).
+    /// `tests/chart_env.rs` checks the Helm chart against it and it against this module.
+    pub const ALL: &[&str] = &[
+        LOCAL_XDS_PATH,
+        XDS_ADDRESS,
+        CA_ADDRESS,
+        XDS_ROOT_CA,
+        CA_ROOT_CA,
+        AUTH_TOKEN,
+        POD_NAME,
+        POD_NAMESPACE,
+        INSTANCE_IP,
+        LOCAL_CA_DIR,
+        PROXY_MODE,
+        PROXY_WORKLOAD_INFO,
+        NODE_NAME,
+        CLUSTER_ID,
+        ISTIO_META_CLUSTER_ID,
+        TRUST_DOMAIN,
+        NETWORK,
+        UNSTABLE_ENABLE_SOCKS5,
+        POOL_MAX_STREAMS_PER_CONNECTION,
+        POOL_UNUSED_RELEASE_TIMEOUT,
+        HTTP2_STREAM_WINDOW_SIZE,
+        HTTP2_CONNECTION_WINDOW_SIZE,
+        HTTP2_FRAME_SIZE,
+        SECRET_TTL,
+        ENABLE_ORIG_SRC,
+        PACKET_MARK,
+        INPOD_UDS,
+        INPOD_PORT_REUSE,
+        CONNECTION_TERMINATION_DEADLINE,
+        TERMINATION_GRACE_PERIOD_SECONDS,
+        IPV6_ENABLED,
+        RUST_LOG,
+        LOG_FORMAT,
+    ];
 }
 
 /// Where configuration values come from.
@@ -300,6 +344,8 @@ pub struct Config {
     pub orig_src: OrigSrc,
     /// SO_MARK on every socket the proxy opens (`None` = unmarked).
     pub packet_mark: Option<u32>,
+    /// Shared (in-pod) mode settings.
+    pub inpod: InpodConfig,
     /// Deadline for draining connections at shutdown.
     #[serde(with = "duration_str")]
     pub termination_deadline: Duration,
@@ -462,6 +508,13 @@ impl Config {
                 Some(false) => OrigSrc::Disabled,
             },
             packet_mark: Some(var(src, env::PACKET_MARK, parse_u32)?.unwrap_or(1337)),
+            inpod: InpodConfig {
+                uds: string(src, env::INPOD_UDS)
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| PathBuf::from(inpod::DEFAULT_UDS)),
+                port_reuse: var(src, env::INPOD_PORT_REUSE, parse_bool)?.unwrap_or(true),
+                ipv6,
+            },
             termination_deadline,
             outbound_addr: wildcard(ipv6, 15001),
             inbound_plaintext_addr: wildcard(ipv6, 15006),
@@ -488,15 +541,7 @@ impl Config {
                     env::PROXY_MODE
                 )));
             }
-            ProxyMode::Shared => {
-                return Err(Error::Invalid(format!(
-                    "{}=shared (the in-pod mode driven by the node agent) is not available yet; \
-                     use {}=dedicated with {}",
-                    env::PROXY_MODE,
-                    env::PROXY_MODE,
-                    env::PROXY_WORKLOAD_INFO
-                )));
-            }
+            ProxyMode::Shared => inpod::validate(self)?,
             ProxyMode::Dedicated => {}
         }
         if self.local_xds_path.is_none() && self.xds_address.is_none() {

@@ -9,6 +9,7 @@ pub mod control;
 pub mod drain;
 pub mod http_server;
 pub mod identity;
+pub mod inpod;
 pub mod localconfig;
 pub mod logging;
 pub mod metrics;

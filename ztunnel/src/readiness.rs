@@ -5,13 +5,25 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use http::{Method, StatusCode};
+use tokio::sync::watch;
 
 use crate::http_server::{self, Response};
 
 /// The set of start-up tasks still pending. Cloning shares it.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Readiness {
     pending: Arc<Mutex<BTreeMap<String, usize>>>,
+    /// Bumped on every change, so tasks can wait for another task to finish.
+    changed: Arc<watch::Sender<()>>,
+}
+
+impl Default for Readiness {
+    fn default() -> Readiness {
+        Readiness {
+            pending: Arc::default(),
+            changed: Arc::new(watch::Sender::new(())),
+        }
+    }
 }
 
 /// A pending task; ready when dropped.
@@ -33,6 +45,7 @@ impl Readiness {
         if let Ok(mut p) = self.pending.lock() {
             *p.entry(name.to_string()).or_default() += 1;
         }
+        self.changed.send_replace(());
         BlockReady {
             readiness: self.clone(),
             name: name.to_string(),
@@ -51,6 +64,24 @@ impl Readiness {
     pub fn is_ready(&self) -> bool {
         self.pending().is_empty()
     }
+
+    /// Completes once no task named `name` is pending (at once if none is).
+    pub async fn wait_done(&self, name: &str) {
+        let mut changes = self.changed.subscribe();
+        loop {
+            let pending = match self.pending.lock() {
+                Ok(p) => p.contains_key(name),
+                Err(_) => false,
+            };
+            if !pending {
+                return;
+            }
+            // The sender lives in `self`: it cannot close while we wait.
+            if changes.changed().await.is_err() {
+                return;
+            }
+        }
+    }
 }
 
 impl Drop for BlockReady {
@@ -63,6 +94,7 @@ impl Drop for BlockReady {
                 p.remove(&self.name);
             }
         }
+        self.readiness.changed.send_replace(());
     }
 }
 
@@ -105,5 +137,22 @@ mod tests {
         assert_eq!(r.pending(), ["proxy", "state manager"]);
         drop((a, b2));
         assert!(r.is_ready());
+    }
+
+    #[tokio::test]
+    async fn wait_done_wakes_when_the_task_finishes() {
+        let r = Readiness::new();
+        r.wait_done("state manager").await;
+        let block = r.register("state manager");
+        let other = r.register("proxy");
+        let waiter = tokio::spawn({
+            let r = r.clone();
+            async move { r.wait_done("state manager").await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        drop(block);
+        waiter.await.unwrap();
+        drop(other);
     }
 }

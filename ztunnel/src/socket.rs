@@ -5,10 +5,13 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
+
+use crate::inpod::netns::InpodNetns;
 
 /// Listen backlog for every listener.
 const BACKLOG: i32 = 1024;
@@ -54,13 +57,23 @@ impl SocketFactory {
     /// Binds a listener with SO_REUSEADDR, SO_REUSEPORT and the mark. With `transparent`,
     /// IP_TRANSPARENT is set best-effort (TPROXY); returns whether it took effect.
     pub fn listen(&self, addr: SocketAddr, transparent: bool) -> io::Result<(TcpListener, bool)> {
-        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        self.listen_with(&new_stream_socket, addr, transparent, true)
+    }
+
+    fn listen_with(
+        &self,
+        make: &dyn Fn(Domain) -> io::Result<Socket>,
+        addr: SocketAddr,
+        transparent: bool,
+        reuse_port: bool,
+    ) -> io::Result<(TcpListener, bool)> {
+        let socket = make(Domain::for_address(addr))?;
         if addr.is_ipv6() {
             // Dual-stack: one listener serves v4 (as mapped addresses) and v6.
             socket.set_only_v6(false)?;
         }
         socket.set_reuse_address(true)?;
-        socket.set_reuse_port(true)?;
+        socket.set_reuse_port(reuse_port)?;
         self.apply_mark(&SockRef::from(&socket))?;
         let transparent = transparent
             && if addr.is_ipv6() {
@@ -82,7 +95,17 @@ impl SocketFactory {
         addr: SocketAddr,
         transparent: bool,
     ) -> io::Result<(TcpListener, bool)> {
-        match self.listen(addr, transparent) {
+        self.listen_any_family_with(&new_stream_socket, addr, transparent, true)
+    }
+
+    fn listen_any_family_with(
+        &self,
+        make: &dyn Fn(Domain) -> io::Result<Socket>,
+        addr: SocketAddr,
+        transparent: bool,
+        reuse_port: bool,
+    ) -> io::Result<(TcpListener, bool)> {
+        match self.listen_with(make, addr, transparent, reuse_port) {
             Err(e)
                 if addr.is_ipv6()
                     && addr.ip().is_unspecified()
@@ -92,7 +115,7 @@ impl SocketFactory {
                     ) =>
             {
                 let v4 = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), addr.port());
-                self.listen(v4, transparent)
+                self.listen_with(make, v4, transparent, reuse_port)
             }
             other => other,
         }
@@ -107,11 +130,19 @@ impl SocketFactory {
         src: Option<IpAddr>,
         timeout: Duration,
     ) -> io::Result<TcpStream> {
-        let socket = if dst.is_ipv4() {
-            TcpSocket::new_v4()?
-        } else {
-            TcpSocket::new_v6()?
-        };
+        let socket = new_stream_socket(Domain::for_address(dst))?;
+        self.connect_socket(socket, dst, src, timeout).await
+    }
+
+    async fn connect_socket(
+        &self,
+        socket: Socket,
+        dst: SocketAddr,
+        src: Option<IpAddr>,
+        timeout: Duration,
+    ) -> io::Result<TcpStream> {
+        socket.set_nonblocking(true)?;
+        let socket = TcpSocket::from_std_stream(socket.into());
         {
             let sock = SockRef::from(&socket);
             self.apply_mark(&sock)?;
@@ -146,6 +177,69 @@ impl SocketFactory {
         Socket::new(Domain::IPV4, Type::STREAM, None)
             .and_then(|s| s.set_ip_transparent_v4(true))
             .is_ok()
+    }
+}
+
+fn new_stream_socket(domain: Domain) -> io::Result<Socket> {
+    Socket::new(domain, Type::STREAM.cloexec(), Some(Protocol::TCP))
+}
+
+/// The sockets of one proxy instance: the [`SocketFactory`] options, created in ztunnel's
+/// own network namespace (dedicated mode) or in a pod's (shared mode: outbound HBONE leaves
+/// from the pod IP, inbound delivery to the app happens inside the pod).
+#[derive(Debug, Clone)]
+pub struct ProxySockets {
+    /// Mark and shared options.
+    pub factory: SocketFactory,
+    /// The pod netns every socket is created in (`None`: the current netns).
+    pub netns: Option<Arc<InpodNetns>>,
+    /// SO_REUSEPORT on listeners.
+    pub reuse_port: bool,
+}
+
+impl From<SocketFactory> for ProxySockets {
+    fn from(factory: SocketFactory) -> ProxySockets {
+        ProxySockets {
+            factory,
+            netns: None,
+            reuse_port: true,
+        }
+    }
+}
+
+impl ProxySockets {
+    fn make(&self, domain: Domain) -> io::Result<Socket> {
+        match &self.netns {
+            None => new_stream_socket(domain),
+            Some(netns) => netns.run(|| new_stream_socket(domain))?,
+        }
+    }
+
+    /// [`SocketFactory::listen`] in this proxy's netns.
+    pub fn listen(&self, addr: SocketAddr, transparent: bool) -> io::Result<(TcpListener, bool)> {
+        self.factory
+            .listen_with(&|d| self.make(d), addr, transparent, self.reuse_port)
+    }
+
+    /// [`SocketFactory::listen_any_family`] in this proxy's netns.
+    pub fn listen_any_family(
+        &self,
+        addr: SocketAddr,
+        transparent: bool,
+    ) -> io::Result<(TcpListener, bool)> {
+        self.factory
+            .listen_any_family_with(&|d| self.make(d), addr, transparent, self.reuse_port)
+    }
+
+    /// [`SocketFactory::connect`] from this proxy's netns.
+    pub async fn connect(
+        &self,
+        dst: SocketAddr,
+        src: Option<IpAddr>,
+        timeout: Duration,
+    ) -> io::Result<TcpStream> {
+        let socket = self.make(Domain::for_address(dst))?;
+        self.factory.connect_socket(socket, dst, src, timeout).await
     }
 }
 

@@ -16,10 +16,10 @@ use std::time::Duration;
 
 use tokio_rustls::TlsConnector;
 
-use crate::config::{Config, OrigSrc};
+use crate::config::{Config, OrigSrc, WorkloadInfo};
 use crate::identity::{BoxFuture, CertManager, WorkloadCertificate};
 use crate::metrics::Metrics;
-use crate::socket::{OriginalDestination, SocketFactory};
+use crate::socket::{OriginalDestination, ProxySockets, SocketFactory};
 use crate::state::{StateStore, Workload};
 use crate::tls;
 use connection_manager::ConnectionManager;
@@ -50,10 +50,13 @@ pub struct ProxyInputs {
     pub state: Arc<StateStore>,
     /// Workload certificates.
     pub certs: Arc<CertManager>,
+    /// The workload this proxy serves (dedicated: `PROXY_WORKLOAD_INFO`; shared: the pod's
+    /// ZDS WorkloadInfo).
+    pub workload: Option<WorkloadInfo>,
     /// HBONE connection pool.
     pub pool: Pool,
-    /// Socket creation (mark).
-    pub sockets: SocketFactory,
+    /// Socket creation (mark; the pod's netns in shared mode).
+    pub sockets: ProxySockets,
     /// Original destination lookup.
     pub orig_dst: Arc<dyn OriginalDestination>,
     /// Live inbound connections, for policy revocation.
@@ -68,8 +71,29 @@ pub struct ProxyInputs {
     server_config: Mutex<Option<(Arc<WorkloadCertificate>, Arc<rustls::ServerConfig>)>>,
 }
 
+/// What one proxy instance is built from (see [`ProxyInputs::from_parts`]).
+pub struct ProxyParts {
+    /// Configuration.
+    pub cfg: Arc<Config>,
+    /// Mesh state (shared by every instance).
+    pub state: Arc<StateStore>,
+    /// Workload certificates (shared by every instance).
+    pub certs: Arc<CertManager>,
+    /// The workload served.
+    pub workload: Option<WorkloadInfo>,
+    /// Where and how sockets are made.
+    pub sockets: ProxySockets,
+    /// Original destination lookup.
+    pub orig_dst: Arc<dyn OriginalDestination>,
+    /// Whether upstream connections to the app spoof the client IP.
+    pub spoof_source: bool,
+    /// Metrics (shared by every instance).
+    pub metrics: Arc<Metrics>,
+}
+
 impl ProxyInputs {
-    /// Builds the inputs. `spoof_source` is the start-up decision for source-IP preservation.
+    /// Builds the inputs of the dedicated-mode proxy: it serves `PROXY_WORKLOAD_INFO` from
+    /// the current netns. `spoof_source` is the start-up decision for source-IP preservation.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         cfg: Arc<Config>,
@@ -80,6 +104,31 @@ impl ProxyInputs {
         spoof_source: bool,
         metrics: Arc<Metrics>,
     ) -> Arc<ProxyInputs> {
+        let workload = cfg.workload_info().cloned();
+        ProxyInputs::from_parts(ProxyParts {
+            cfg,
+            state,
+            certs,
+            workload,
+            sockets: sockets.into(),
+            orig_dst,
+            spoof_source,
+            metrics,
+        })
+    }
+
+    /// Builds one proxy instance (its own pool and connection manager) from `parts`.
+    pub fn from_parts(parts: ProxyParts) -> Arc<ProxyInputs> {
+        let ProxyParts {
+            cfg,
+            state,
+            certs,
+            workload,
+            sockets,
+            orig_dst,
+            spoof_source,
+            metrics,
+        } = parts;
         let h2 = H2Settings {
             stream_window: cfg.http2.stream_window,
             connection_window: cfg.http2.connection_window,
@@ -89,7 +138,7 @@ impl ProxyInputs {
         };
         let connector = Arc::new(TlsHboneConnector {
             certs: certs.clone(),
-            sockets,
+            sockets: sockets.clone(),
             h2: h2.clone(),
             connect_timeout: cfg.connect_timeout,
         });
@@ -102,6 +151,7 @@ impl ProxyInputs {
             cfg,
             state,
             certs,
+            workload,
             pool,
             sockets,
             orig_dst,
@@ -115,9 +165,9 @@ impl ProxyInputs {
 
     /// The workload this proxy serves, waiting briefly for configuration to deliver it.
     pub async fn local_workload(&self) -> Result<Arc<Workload>, ProxyError> {
-        let Some(info) = self.cfg.workload_info() else {
+        let Some(info) = self.workload.as_ref() else {
             return Err(ProxyError::UnknownLocalWorkload(
-                "(no PROXY_WORKLOAD_INFO)".into(),
+                "(no workload: PROXY_WORKLOAD_INFO unset)".into(),
             ));
         };
         let find = || {
@@ -189,7 +239,7 @@ impl ProxyInputs {
 /// certificate, verifying the peer against the expected identities → HTTP/2.
 struct TlsHboneConnector {
     certs: Arc<CertManager>,
-    sockets: SocketFactory,
+    sockets: ProxySockets,
     h2: H2Settings,
     connect_timeout: Duration,
 }

@@ -6,6 +6,7 @@ pub mod inprocess;
 pub mod netns;
 pub mod pki;
 pub mod xds;
+pub mod zds;
 
 /// The wire types, for tests that build control-plane resources.
 pub use xds_proto;

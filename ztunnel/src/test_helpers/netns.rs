@@ -35,10 +35,15 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::{Value, json};
 
+mod ambient;
 mod capture;
 mod istiod;
 mod proc;
 
+pub use ambient::{
+    Ambient, AmbientBins, AmbientNode, AmbientPod, CniOutcome, PodEchoServer, PodShell,
+    RedirectMode, cgroup_of, cgroup2_mount, http_get, netfilter_rules,
+};
 pub use capture::{Capture, PcapData, TcpSegment};
 pub use istiod::{
     CLUSTER_ID, ControlPlane, LOG_ISTIOD_READY, LOG_ISTIOD_SERVING, MONITORING_PORT,

@@ -19,13 +19,23 @@ use super::{NEXT_ID, NODE_LINK, Node, OrPanic, PATIENCE, Topology, UPLINK, event
 impl Topology {
     /// Starts `tcpdump` on `node`'s end of the node-to-node link and waits until it listens.
     pub fn start_capture(&self, node: &Node) -> Capture {
+        let peer = NODE_LINK[usize::from(node.index) % NODE_LINK.len()];
+        self.start_capture_on(node, UPLINK, peer)
+    }
+
+    /// Starts `tcpdump` on interface `iface` of `node` (e.g. `br0`, the pods' bridge); the
+    /// fence datagram [`Capture::stop`] sends goes to `fence_to`, which must be reached
+    /// through `iface` (e.g. a pod IP on that bridge).
+    pub fn start_capture_on(&self, node: &Node, iface: &str, fence_to: Ipv4Addr) -> Capture {
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-        let file = self.work_dir.join(format!("{}-{id}.pcap", node.name));
+        let file = self
+            .work_dir
+            .join(format!("{}-{iface}-{id}.pcap", node.name));
         let mut child = nsenter(&node.netns)
             .args([
                 "tcpdump",
                 "-i",
-                UPLINK,
+                iface,
                 "-n",
                 "-s",
                 "0",
@@ -49,7 +59,7 @@ impl Topology {
         }
         let mut capture = Capture {
             node: node.clone(),
-            peer_ip: NODE_LINK[usize::from(node.index) % NODE_LINK.len()],
+            peer_ip: fence_to,
             file,
             child: Some(child),
         };

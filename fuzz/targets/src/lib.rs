@@ -12,6 +12,8 @@
 //!
 //! | target | trust boundary |
 //! |---|---|
+//! | [`cni_conf`] | the CNI plugin's stdin network configuration and `CNI_ARGS` (container runtime) |
+//! | [`cni_event`] | one request line on the node agent's CNI event socket |
 //! | [`csr`] | certificate signing requests from any caller of the CA (istiod-compat) |
 //! | [`hbone_authority`] | CONNECT `:authority` from any mesh peer |
 //! | [`hbone_headers`] | `baggage`, `forwarded`, `traceparent` on CONNECT requests and responses |
@@ -19,13 +21,16 @@
 //! | [`local_config`] | the `LOCAL_XDS_PATH` YAML file, then lookups on the state it builds |
 //! | [`peer_certificate`] | the peer's leaf certificate (mTLS) and SPIFFE identity strings |
 //! | [`xds_resource`] | xDS `Address` / `Authorization` resources from the control plane |
+//! | [`zds_agent_response`] | ztunnel's datagrams to the node agent over ZDS (hello, acks) |
 
+mod cni;
 mod csr;
 mod hbone;
 mod local_config;
 mod peer_certificate;
 mod xds;
 
+pub use cni::{cni_conf, cni_event, zds_agent_response};
 pub use csr::csr;
 pub use hbone::{hbone_authority, hbone_headers, hbone_request};
 pub use local_config::local_config;
@@ -38,6 +43,8 @@ pub type Target = fn(&[u8]);
 /// Every target by name: the name is the `fuzz/fuzz_targets/<name>.rs` binary and the
 /// `fuzz/corpus/<name>/` seed directory.
 pub const TARGETS: &[(&str, Target)] = &[
+    ("cni_conf", cni_conf),
+    ("cni_event", cni_event),
     ("csr", csr),
     ("hbone_authority", hbone_authority),
     ("hbone_headers", hbone_headers),
@@ -45,4 +52,5 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("local_config", local_config),
     ("peer_certificate", peer_certificate),
     ("xds_resource", xds_resource),
+    ("zds_agent_response", zds_agent_response),
 ];

@@ -119,6 +119,16 @@ pub fn route(
     })
 }
 
+/// The client address to report: a loopback peer (the eBPF capture's rewrite target) is the
+/// source workload itself, at the same port; anything else is taken as is.
+fn client_addr(peer: SocketAddr, source: &Workload) -> SocketAddr {
+    let family_match = |ip: &&IpAddr| ip.is_ipv4() == peer.is_ipv4();
+    match source.workload_ips.iter().find(family_match) {
+        Some(ip) if peer.ip().is_loopback() => SocketAddr::new(*ip, peer.port()),
+        _ => peer,
+    }
+}
+
 /// The outbound capture handler.
 pub struct Outbound {
     pub(crate) inputs: Arc<ProxyInputs>,
@@ -159,6 +169,10 @@ impl ProxyInputs {
                 return;
             }
         };
+        // eBPF capture rewrites the app's connect to 127.0.0.1:15001 inside its pod: the
+        // client is still the pod (same port), so report and forward the pod's address, as
+        // under iptables REDIRECT.
+        let peer = client_addr(peer, &source);
         let state = self.state.snapshot();
         let route = route(&state, &self.cfg.network, &source, orig);
         let labels = outbound_labels(
@@ -378,6 +392,22 @@ services:
 
     fn addr(s: &str) -> SocketAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn loopback_client_is_reported_as_the_source_pod() {
+        let (_, client) = setup();
+        let pod_ip = client.workload_ips[0];
+        // eBPF capture: the app's connect arrives from 127.0.0.1 at its own port.
+        assert_eq!(
+            client_addr(addr("127.0.0.1:40000"), &client),
+            SocketAddr::new(pod_ip, 40000)
+        );
+        // iptables REDIRECT / dedicated mode: the real address stays.
+        assert_eq!(
+            client_addr(addr("10.9.9.9:40000"), &client),
+            addr("10.9.9.9:40000")
+        );
     }
 
     #[test]

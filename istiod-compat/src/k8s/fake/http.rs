@@ -21,8 +21,9 @@ use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
+use super::selector::FieldSelector;
 use super::state::{ApiError, PatchKind, ResourceDef, WatchStart, find_def};
-use super::{Inner, RequestRecord};
+use super::{Delivery, Inner, RequestRecord};
 
 type Body = BoxBody<Bytes, Infallible>;
 
@@ -213,15 +214,17 @@ fn patch_kind(content_type: &str) -> Result<PatchKind, ApiError> {
     }
 }
 
-/// Selectors are not implemented: refuse them loudly rather than answer unfiltered.
-fn check_unsupported(query: &HashMap<String, String>) -> Result<(), ApiError> {
-    for key in ["labelSelector", "fieldSelector"] {
-        if query.get(key).is_some_and(|v| !v.is_empty()) {
-            return Err(ApiError::new(
-                400,
-                format!("the fake apiserver does not support {key}"),
-            ));
-        }
+/// Label selectors are not implemented: refuse them loudly rather than answer unfiltered.
+/// Returns the field selector.
+fn check_unsupported(
+    def: &ResourceDef,
+    query: &HashMap<String, String>,
+) -> Result<FieldSelector, ApiError> {
+    if query.get("labelSelector").is_some_and(|v| !v.is_empty()) {
+        return Err(ApiError::new(
+            400,
+            "the fake apiserver does not support labelSelector",
+        ));
     }
     if query.get("sendInitialEvents").is_some_and(|v| v == "true") {
         return Err(ApiError::new(
@@ -229,7 +232,7 @@ fn check_unsupported(query: &HashMap<String, String>) -> Result<(), ApiError> {
             "the fake apiserver does not support streaming lists",
         ));
     }
-    Ok(())
+    FieldSelector::parse(def, query.get("fieldSelector").map(String::as_str))
 }
 
 fn list(
@@ -238,10 +241,14 @@ fn list(
     namespace: Option<&str>,
     query: &HashMap<String, String>,
 ) -> Result<(StatusCode, Value), ApiError> {
-    check_unsupported(query)?;
+    let selector = check_unsupported(def, query)?;
     // `limit` is ignored: everything comes in one page without a continue token, which
     // clients must accept.
-    let (items, rv) = inner.lock().list(def, namespace);
+    let (mut items, rv) = inner.lock().list(def, namespace);
+    items.retain(|item| selector.matches(item));
+    for item in &items {
+        inner.deliver(Delivery::of(def.plural, "LIST", item));
+    }
     Ok(ok(json!({
         "apiVersion": def.api_version(),
         "kind": format!("{}List", def.kind),
@@ -256,9 +263,10 @@ fn start_watch(
     namespace: Option<&str>,
     query: &HashMap<String, String>,
 ) -> Response<Body> {
-    if let Err(e) = check_unsupported(query) {
-        return error(&e);
-    }
+    let selector = match check_unsupported(def, query) {
+        Ok(selector) => selector,
+        Err(e) => return error(&e),
+    };
     let from = match query.get("resourceVersion").map(String::as_str) {
         None | Some("") | Some("0") => None,
         Some(rv) => match rv.parse::<u64>() {
@@ -277,14 +285,16 @@ fn start_watch(
     if let Some(cap) = inner.max_watch_timeout {
         timeout = timeout.min(cap);
     }
-    let start = inner.lock().watch(def, namespace, from);
+    let start = inner.lock().watch(def, namespace, &selector, from);
     let (tx, rx) = mpsc::channel::<Bytes>(256);
     match start {
         Ok(start) => {
             let namespace = namespace.map(str::to_string);
             let disconnect = inner.disconnect.subscribe();
             let watch = Watch {
+                resource: def.plural,
                 namespace,
+                selector,
                 bookmarks,
                 timeout,
                 disconnect,
@@ -313,7 +323,9 @@ fn start_watch(
 
 /// One open watch's parameters.
 struct Watch {
+    resource: &'static str,
     namespace: Option<String>,
+    selector: FieldSelector,
     bookmarks: bool,
     timeout: Duration,
     disconnect: tokio::sync::watch::Receiver<u64>,
@@ -328,12 +340,15 @@ async fn pump(inner: Arc<Inner>, start: WatchStart, watch: Watch, tx: mpsc::Send
         mut rx,
     } = start;
     let Watch {
+        resource,
         namespace,
+        selector,
         bookmarks,
         timeout,
         mut disconnect,
     } = watch;
     for line in initial {
+        record_delivery(&inner, resource, &line);
         if tx.send(line).await.is_err() {
             return;
         }
@@ -362,7 +377,11 @@ async fn pump(inner: Arc<Inner>, start: WatchStart, watch: Watch, tx: mpsc::Send
                 if record.rv <= from || !in_ns {
                     continue;
                 }
-                record.line.clone()
+                let Some(line) = selector.watch_line(&record) else {
+                    continue;
+                };
+                record_delivery(&inner, resource, &line);
+                line
             }
             Err(broadcast::error::RecvError::Lagged(_)) => {
                 let e = ApiError::new(410, "watch fell behind");
@@ -378,6 +397,15 @@ async fn pump(inner: Arc<Inner>, start: WatchStart, watch: Watch, tx: mpsc::Send
         if tx.send(line).await.is_err() {
             return;
         }
+    }
+}
+
+/// Notes the object of a watch event line for [`super::FakeApiServer::deliveries`].
+fn record_delivery(inner: &Inner, resource: &str, line: &Bytes) {
+    if let Ok(event) = serde_json::from_slice::<Value>(line)
+        && let Some(kind) = event["type"].as_str()
+    {
+        inner.deliver(Delivery::of(resource, kind, &event["object"]));
     }
 }
 

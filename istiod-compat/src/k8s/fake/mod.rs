@@ -16,11 +16,14 @@
 //!
 //! Tests change the world with [`FakeApiServer::apply`] / [`FakeApiServer::delete`] and
 //! break it with [`Fault`]s, [`FakeApiServer::disconnect_watches`],
-//! [`FakeApiServer::compact`] and [`FakeApiServer::set_istio_crds`]. Label and field
-//! selectors are refused with 400 rather than silently ignored.
+//! [`FakeApiServer::compact`] and [`FakeApiServer::set_istio_crds`]. Field selectors on
+//! `metadata.name`, `metadata.namespace` and (Pods) `spec.nodeName` filter lists and watches
+//! like the apiserver; other fields and label selectors are refused with 400 rather than
+//! silently ignored. [`FakeApiServer::deliveries`] tells which objects reached clients.
 
 mod http;
 pub mod objects;
+mod selector;
 mod state;
 
 use std::collections::BTreeMap;
@@ -114,11 +117,42 @@ pub struct RequestRecord {
     pub status: u16,
 }
 
+/// One object the fake sent to a client: an item of a list response or a watch event.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Delivery {
+    /// Resource plural (`pods`, ...).
+    pub resource: String,
+    /// `LIST` for a list item, else the watch event type (`ADDED`, `MODIFIED`, `DELETED`).
+    pub event: String,
+    /// The object's namespace (empty for cluster-scoped objects).
+    pub namespace: String,
+    /// The object's name.
+    pub name: String,
+}
+
+impl Delivery {
+    fn of(resource: &str, event: &str, object: &serde_json::Value) -> Delivery {
+        let meta = |field: &str| {
+            object["metadata"][field]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        };
+        Delivery {
+            resource: resource.to_string(),
+            event: event.to_string(),
+            namespace: meta("namespace"),
+            name: meta("name"),
+        }
+    }
+}
+
 /// Shared by the test handle and the server tasks.
 struct Inner {
     state: Mutex<State>,
     faults: Mutex<Vec<Fault>>,
     requests: Mutex<Vec<RequestRecord>>,
+    deliveries: Mutex<Vec<Delivery>>,
     disconnect: watch::Sender<u64>,
     /// Bumped after every request and every change made through the test API.
     changes: watch::Sender<u64>,
@@ -148,6 +182,13 @@ impl Inner {
             .unwrap_or_else(PoisonError::into_inner)
             .push(record);
         self.touch();
+    }
+
+    fn deliver(&self, delivery: Delivery) {
+        self.deliveries
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(delivery);
     }
 
     fn touch(&self) {
@@ -192,6 +233,7 @@ impl FakeApiServerBuilder {
             state: Mutex::new(State::new(self.istio_crds)),
             faults: Mutex::default(),
             requests: Mutex::default(),
+            deliveries: Mutex::default(),
             disconnect: watch::Sender::new(0),
             changes: watch::Sender::new(0),
             shutdown: CancellationToken::new(),
@@ -392,6 +434,16 @@ impl FakeApiServer {
     pub fn requests(&self) -> Vec<RequestRecord> {
         self.inner
             .requests
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Every object sent to a client so far (list items and watch events, in order; not
+    /// bookmarks or errors): what a field selector kept from the client.
+    pub fn deliveries(&self) -> Vec<Delivery> {
+        self.inner
+            .deliveries
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()

@@ -14,6 +14,8 @@ use k8s_openapi::api::core::v1::Secret;
 use serde_json::{Map, Value, json};
 use tokio::sync::broadcast;
 
+use super::selector::FieldSelector;
+
 /// A resource the fake serves.
 #[derive(Debug)]
 pub(super) struct ResourceDef {
@@ -149,9 +151,15 @@ pub(super) struct WatchRecord {
     pub bookmark: bool,
     pub namespace: String,
     pub line: Bytes,
+    /// `ADDED`, `MODIFIED`, `DELETED` or `BOOKMARK`.
+    pub event: &'static str,
+    /// The event's object (none for bookmarks), for field selectors.
+    pub object: Option<Value>,
+    /// For MODIFIED: the object before the change.
+    pub prev: Option<Value>,
 }
 
-fn event_line(event: &str, object: &Value) -> Bytes {
+pub(super) fn event_line(event: &str, object: &Value) -> Bytes {
     let mut line = json!({ "type": event, "object": object }).to_string();
     line.push('\n');
     Bytes::from(line)
@@ -367,7 +375,7 @@ impl State {
             .remove(&(namespace.to_string(), name.to_string()))
             .ok_or_else(|| not_found(def, name))?;
         obj["metadata"]["resourceVersion"] = json!(rv.to_string());
-        kind.record(rv, "DELETED", namespace, &obj);
+        kind.record(rv, "DELETED", namespace, &obj, None);
         self.rv = rv;
         Ok(obj)
     }
@@ -400,16 +408,18 @@ impl State {
         let kind = self.kind_mut(def)?;
         kind.objects.insert(key.clone(), obj.clone());
         let event = if old.is_some() { "MODIFIED" } else { "ADDED" };
-        kind.record(rv, event, &key.0, &obj);
+        kind.record(rv, event, &key.0, &obj, old);
         self.rv = rv;
         Ok(obj)
     }
 
-    /// Starts a watch from `from` (None: synthetic ADDED events for the current objects).
+    /// Starts a watch from `from` (None: synthetic ADDED events for the current objects),
+    /// its initial events limited to `namespace` and `selector`.
     pub fn watch(
         &mut self,
         def: &'static ResourceDef,
         namespace: Option<&str>,
+        selector: &FieldSelector,
         from: Option<u64>,
     ) -> Result<WatchStart, ApiError> {
         let current = self.rv;
@@ -419,7 +429,7 @@ impl State {
             None => (
                 kind.objects
                     .iter()
-                    .filter(|((ns, _), _)| in_ns(ns))
+                    .filter(|((ns, _), obj)| in_ns(ns) && selector.matches(obj))
                     .map(|(_, obj)| event_line("ADDED", obj))
                     .collect(),
                 current,
@@ -434,7 +444,7 @@ impl State {
                 kind.history
                     .iter()
                     .filter(|r| r.rv > rv && in_ns(&r.namespace))
-                    .map(|r| r.line.clone())
+                    .filter_map(|r| selector.watch_line(r))
                     .collect(),
                 rv.max(current),
             ),
@@ -460,6 +470,9 @@ impl State {
                 bookmark: true,
                 namespace: String::new(),
                 line: event_line("BOOKMARK", &object),
+                event: "BOOKMARK",
+                object: None,
+                prev: None,
             };
             // No receivers is fine.
             let _ = kind.tx.send(Arc::new(record));
@@ -481,12 +494,22 @@ impl State {
 }
 
 impl KindState {
-    fn record(&mut self, rv: u64, event: &str, namespace: &str, obj: &Value) {
+    fn record(
+        &mut self,
+        rv: u64,
+        event: &'static str,
+        namespace: &str,
+        obj: &Value,
+        prev: Option<&Value>,
+    ) {
         let record = Arc::new(WatchRecord {
             rv,
             bookmark: false,
             namespace: namespace.to_string(),
             line: event_line(event, obj),
+            event,
+            object: Some(obj.clone()),
+            prev: prev.cloned(),
         });
         self.history.push(record.clone());
         // No receivers is fine.
@@ -628,14 +651,27 @@ mod tests {
         s.create(pods(), "ns", pod("a", "1")).unwrap();
         s.create(pods(), "other", pod("b", "2")).unwrap();
         s.create(pods(), "ns", pod("c", "3")).unwrap();
-        let w = s.watch(pods(), Some("ns"), Some(1001)).unwrap();
+        let w = s
+            .watch(pods(), Some("ns"), &FieldSelector::default(), Some(1001))
+            .unwrap();
         assert_eq!(w.initial.len(), 1, "only c: newer than 1001 and in ns");
-        let w = s.watch(pods(), None, None).unwrap();
+        let w = s
+            .watch(pods(), None, &FieldSelector::default(), None)
+            .unwrap();
         assert_eq!(w.initial.len(), 3);
         assert_eq!(w.from, 1003);
         s.compact();
-        assert_eq!(s.watch(pods(), None, Some(1001)).err().unwrap().code, 410);
-        assert!(s.watch(pods(), None, Some(1003)).is_ok());
+        assert_eq!(
+            s.watch(pods(), None, &FieldSelector::default(), Some(1001))
+                .err()
+                .unwrap()
+                .code,
+            410
+        );
+        assert!(
+            s.watch(pods(), None, &FieldSelector::default(), Some(1003))
+                .is_ok()
+        );
     }
 
     #[test]

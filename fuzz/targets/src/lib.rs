@@ -22,6 +22,7 @@
 //! | [`peer_certificate`] | the peer's leaf certificate (mTLS) and SPIFFE identity strings |
 //! | [`xds_resource`] | xDS `Address` / `Authorization` resources from the control plane |
 //! | [`zds_agent_response`] | ztunnel's datagrams to the node agent over ZDS (hello, acks) |
+//! | [`zds_request`] | the node agent's datagrams to ztunnel over ZDS (add, keep, del, snapshot) |
 
 mod cni;
 mod csr;
@@ -29,6 +30,7 @@ mod hbone;
 mod local_config;
 mod peer_certificate;
 mod xds;
+mod zds;
 
 pub use cni::{cni_conf, cni_event, zds_agent_response};
 pub use csr::csr;
@@ -36,6 +38,7 @@ pub use hbone::{hbone_authority, hbone_headers, hbone_request};
 pub use local_config::local_config;
 pub use peer_certificate::peer_certificate;
 pub use xds::xds_resource;
+pub use zds::zds_request;
 
 /// A fuzz target: takes any bytes and never panics.
 pub type Target = fn(&[u8]);
@@ -53,4 +56,5 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("peer_certificate", peer_certificate),
     ("xds_resource", xds_resource),
     ("zds_agent_response", zds_agent_response),
+    ("zds_request", zds_request),
 ];

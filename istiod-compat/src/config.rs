@@ -3,16 +3,19 @@
 //! Parsing goes through [`Source`] so tests inject a map instead of mutating the process
 //! environment. Every bad value is an [`Error`] naming the variable, the value and why.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
+use mesh_core::env::{path, serialize_duration, socket_addr, string, var};
 use serde::Serialize;
 
 use crate::ca::NodeAccount;
 use crate::translate::TranslateConfig;
+// The parsing layer shared with the other binaries.
+pub use mesh_core::env::{EnvSource, Error, Source};
 
 /// Environment variable names.
 pub mod env {
@@ -89,57 +92,6 @@ pub mod env {
 /// Default of [`env::MAX_WORKLOAD_CERT_TTL`].
 pub const DEFAULT_MAX_WORKLOAD_CERT_TTL: Duration = Duration::from_secs(24 * 3600);
 
-/// Where configuration values come from.
-pub trait Source {
-    /// The value of `key`, if set.
-    fn get(&self, key: &str) -> Option<String>;
-}
-
-/// The process environment.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct EnvSource;
-
-impl Source for EnvSource {
-    fn get(&self, key: &str) -> Option<String> {
-        std::env::var(key).ok()
-    }
-}
-
-impl Source for HashMap<String, String> {
-    fn get(&self, key: &str) -> Option<String> {
-        HashMap::get(self, key).cloned()
-    }
-}
-
-impl Source for HashMap<&str, &str> {
-    fn get(&self, key: &str) -> Option<String> {
-        HashMap::get(self, key).map(|v| v.to_string())
-    }
-}
-
-/// A configuration error.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// A variable has a value that does not parse.
-    #[error("invalid value {value:?} for {var}: {reason}")]
-    InvalidVar {
-        /// The variable.
-        var: &'static str,
-        /// Its value.
-        value: String,
-        /// Why it is wrong.
-        reason: String,
-    },
-    /// A required variable is missing.
-    #[error("{var} is required {why}")]
-    Missing {
-        /// The variable.
-        var: &'static str,
-        /// When it is required.
-        why: &'static str,
-    },
-}
-
 /// Where the Kubernetes objects come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -210,7 +162,7 @@ pub struct Config {
     /// Accounts allowed to impersonate pods on their node.
     pub trusted_node_accounts: BTreeSet<NodeAccount>,
     /// Longest workload certificate lifetime.
-    #[serde(with = "duration_str")]
+    #[serde(serialize_with = "serialize_duration")]
     pub max_workload_cert_ttl: Duration,
     /// Plaintext gRPC listener.
     pub xds_plaintext_addr: SocketAddr,
@@ -223,21 +175,13 @@ pub struct Config {
     /// Extra IP SANs of the serving certificate.
     pub serving_ip_sans: Vec<IpAddr>,
     /// Debounce quiet time.
-    #[serde(with = "duration_str")]
+    #[serde(serialize_with = "serialize_duration")]
     pub debounce_after: Duration,
     /// Debounce bound.
-    #[serde(with = "duration_str")]
+    #[serde(serialize_with = "serialize_duration")]
     pub debounce_max: Duration,
     /// Log format.
     pub log_format: LogFormat,
-}
-
-mod duration_str {
-    use std::time::Duration;
-
-    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&format_args!("{}s", d.as_secs_f64()))
-    }
 }
 
 /// Parses a duration: `500ms`, `10s`, `5m`, `24h`, `2d`, `1h30m`, or a bare number of
@@ -251,33 +195,6 @@ pub fn parse_signed_duration(s: &str) -> Result<Option<Duration>, String> {
 }
 
 pub use mesh_core::parse_duration;
-
-/// Reads a variable and parses it, naming the variable and value in any error.
-fn var<T>(
-    src: &dyn Source,
-    var: &'static str,
-    parse: impl FnOnce(&str) -> Result<T, String>,
-) -> Result<Option<T>, Error> {
-    match src.get(var) {
-        None => Ok(None),
-        Some(value) => {
-            parse(&value)
-                .map(Some)
-                .map_err(|reason| Error::InvalidVar { var, value, reason })
-        }
-    }
-}
-
-/// A non-empty string variable.
-fn string(src: &dyn Source, name: &'static str) -> Option<String> {
-    src.get(name).filter(|s| !s.is_empty())
-}
-
-fn parse_addr(s: &str) -> Result<SocketAddr, String> {
-    s.trim()
-        .parse()
-        .map_err(|e| format!("{e} (expected <ip>:<port>)"))
-}
 
 fn parse_accounts(s: &str) -> Result<BTreeSet<NodeAccount>, String> {
     s.split(',')
@@ -315,7 +232,7 @@ impl Config {
                 RegistryKind::Files
             },
         );
-        let local_dir = string(src, env::LOCAL_DIR).map(PathBuf::from);
+        let local_dir = path(src, env::LOCAL_DIR);
         if registry == RegistryKind::Files && local_dir.is_none() {
             return Err(Error::Missing {
                 var: env::LOCAL_DIR,
@@ -333,9 +250,8 @@ impl Config {
         let cfg = Config {
             registry,
             local_dir,
-            tokens_file: string(src, env::TOKENS_FILE).map(PathBuf::from),
-            ca_dir: string(src, env::CA_DIR)
-                .map_or_else(|| PathBuf::from("./etc/cacerts"), PathBuf::from),
+            tokens_file: path(src, env::TOKENS_FILE),
+            ca_dir: path(src, env::CA_DIR).unwrap_or_else(|| PathBuf::from("./etc/cacerts")),
             cluster_id: string(src, env::CLUSTER_ID).unwrap_or_else(|| "Kubernetes".into()),
             trust_domain: string(src, env::TRUST_DOMAIN).unwrap_or_else(|| "cluster.local".into()),
             domain_suffix: string(src, env::DOMAIN_SUFFIX)
@@ -352,11 +268,11 @@ impl Config {
                     }])
                 }),
             max_workload_cert_ttl: max_ttl,
-            xds_plaintext_addr: var(src, env::XDS_PLAINTEXT_ADDR, parse_addr)?
+            xds_plaintext_addr: var(src, env::XDS_PLAINTEXT_ADDR, socket_addr)?
                 .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 15010))),
-            xds_tls_addr: var(src, env::XDS_TLS_ADDR, parse_addr)?
+            xds_tls_addr: var(src, env::XDS_TLS_ADDR, socket_addr)?
                 .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 15012))),
-            monitoring_addr: var(src, env::MONITORING_ADDR, parse_addr)?
+            monitoring_addr: var(src, env::MONITORING_ADDR, socket_addr)?
                 .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 15014))),
             serving_dns_sans,
             serving_ip_sans,
@@ -422,6 +338,8 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
 
     fn cfg(vars: &[(&str, &str)]) -> Result<Config, Error> {

@@ -1,10 +1,12 @@
 //! Types shared by every binary of the mesh.
 //!
-//! Nothing here does I/O: these are the vocabulary types that the node proxy
-//! (`ztunnel`) and the control plane (`istiod-compat`) both speak.
+//! Nothing here does I/O beyond reading environment variables: these are the vocabulary types that the node proxy
+//! (`ztunnel`) and the control plane (`istiod-compat`) both speak, and [`env`], the
+//! configuration-parsing layer every binary's typed `Config` is built on.
 #![deny(missing_docs)]
 
 mod duration;
+pub mod env;
 mod identity;
 mod names;
 

@@ -3,12 +3,12 @@
 //! Parsing goes through [`Source`] so tests inject a map instead of mutating the process
 //! environment. Every bad value is an [`Error`] naming the variable, the value and why.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
+use mesh_core::env::{parse_bool, parse_u32, path, serialize_duration, string, var};
 use serde::Serialize;
 
 mod control;
@@ -17,6 +17,8 @@ mod inpod;
 pub(crate) use control::parse_pem_certs;
 pub use control::{AuthToken, ControlPlaneConfig, RootCerts, is_plaintext};
 pub use inpod::{DEFAULT_MARK as DEFAULT_INPOD_MARK, InpodConfig};
+// The parsing layer shared with the other binaries.
+pub use mesh_core::env::{EnvSource, Error, Source};
 
 /// Environment variable names (Istio's where Istio has one).
 pub mod env {
@@ -124,79 +126,6 @@ pub mod env {
         RUST_LOG,
         LOG_FORMAT,
     ];
-}
-
-/// Where configuration values come from.
-pub trait Source {
-    /// The value of `key`, if set.
-    fn get(&self, key: &str) -> Option<String>;
-    /// Every variable whose name starts with `prefix` (e.g. `ISTIO_META_`), sorted by name.
-    fn vars_with_prefix(&self, prefix: &str) -> Vec<(String, String)>;
-}
-
-fn sorted_with_prefix<'a>(
-    vars: impl Iterator<Item = (&'a str, &'a str)>,
-    prefix: &str,
-) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = vars
-        .filter(|(k, _)| k.starts_with(prefix))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    out.sort();
-    out
-}
-
-/// The process environment.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct EnvSource;
-
-impl Source for EnvSource {
-    fn get(&self, key: &str) -> Option<String> {
-        std::env::var(key).ok()
-    }
-    fn vars_with_prefix(&self, prefix: &str) -> Vec<(String, String)> {
-        // Non-UTF-8 variables cannot be metadata anyway; skip them.
-        let vars: Vec<(String, String)> = std::env::vars_os()
-            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-            .collect();
-        sorted_with_prefix(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())), prefix)
-    }
-}
-
-impl Source for HashMap<String, String> {
-    fn get(&self, key: &str) -> Option<String> {
-        HashMap::get(self, key).cloned()
-    }
-    fn vars_with_prefix(&self, prefix: &str) -> Vec<(String, String)> {
-        sorted_with_prefix(self.iter().map(|(k, v)| (k.as_str(), v.as_str())), prefix)
-    }
-}
-
-impl Source for HashMap<&str, &str> {
-    fn get(&self, key: &str) -> Option<String> {
-        HashMap::get(self, key).map(|v| v.to_string())
-    }
-    fn vars_with_prefix(&self, prefix: &str) -> Vec<(String, String)> {
-        sorted_with_prefix(self.iter().map(|(k, v)| (*k, *v)), prefix)
-    }
-}
-
-/// A configuration error.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// A variable has a value that does not parse.
-    #[error("invalid value {value:?} for {var}: {reason}")]
-    InvalidVar {
-        /// The variable.
-        var: &'static str,
-        /// Its value.
-        value: String,
-        /// Why it is wrong.
-        reason: String,
-    },
-    /// A combination of variables is invalid.
-    #[error("invalid configuration: {0}")]
-    Invalid(String),
 }
 
 /// `shared` (one proxy for every pod of the node) or `dedicated` (one workload).
@@ -329,14 +258,14 @@ pub struct Config {
     /// Roots, token and node identity for the xDS server and the CA.
     pub control: ControlPlaneConfig,
     /// Workload certificate lifetime.
-    #[serde(with = "duration_str")]
+    #[serde(serialize_with = "serialize_duration")]
     pub secret_ttl: Duration,
     /// SOCKS5 listener enabled.
     pub enable_socks5: bool,
     /// Streams per pooled HBONE connection.
     pub pool_max_streams_per_connection: u32,
     /// Idle time after which a pooled connection is released.
-    #[serde(with = "duration_str")]
+    #[serde(serialize_with = "serialize_duration")]
     pub pool_unused_release_timeout: Duration,
     /// HTTP/2 settings.
     pub http2: Http2Config,
@@ -347,7 +276,7 @@ pub struct Config {
     /// Shared (in-pod) mode settings.
     pub inpod: InpodConfig,
     /// Deadline for draining connections at shutdown.
-    #[serde(with = "duration_str")]
+    #[serde(serialize_with = "serialize_duration")]
     pub termination_deadline: Duration,
     /// Outbound capture listener (15001).
     pub outbound_addr: SocketAddr,
@@ -364,63 +293,16 @@ pub struct Config {
     /// Prometheus metrics listener (15020, wildcard).
     pub metrics_addr: SocketAddr,
     /// Outbound upstream connect timeout.
-    #[serde(with = "duration_str")]
+    #[serde(serialize_with = "serialize_duration")]
     pub connect_timeout: Duration,
     /// Log format.
     pub log_format: LogFormat,
     /// How often the local config file is checked for changes.
-    #[serde(with = "duration_str")]
+    #[serde(serialize_with = "serialize_duration")]
     pub local_config_poll: Duration,
 }
 
-mod duration_str {
-    use std::time::Duration;
-
-    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&format_args!("{}s", d.as_secs_f64()))
-    }
-}
-
 pub use mesh_core::parse_duration;
-
-fn parse_bool(s: &str) -> Result<bool, String> {
-    match s.to_ascii_lowercase().as_str() {
-        "true" | "1" | "yes" | "on" => Ok(true),
-        "false" | "0" | "no" | "off" => Ok(false),
-        _ => Err("expected true or false".into()),
-    }
-}
-
-fn parse_u32(s: &str) -> Result<u32, String> {
-    let s = s.trim();
-    let parsed = if let Some(hex) = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
-        u32::from_str_radix(hex, 16)
-    } else {
-        s.parse()
-    };
-    parsed.map_err(|e| e.to_string())
-}
-
-/// Reads a variable and parses it, naming the variable and value in any error.
-fn var<T>(
-    src: &dyn Source,
-    var: &'static str,
-    parse: impl FnOnce(&str) -> Result<T, String>,
-) -> Result<Option<T>, Error> {
-    match src.get(var) {
-        None => Ok(None),
-        Some(value) => {
-            parse(&value)
-                .map(Some)
-                .map_err(|reason| Error::InvalidVar { var, value, reason })
-        }
-    }
-}
-
-/// A non-empty string variable.
-fn string(src: &dyn Source, name: &'static str) -> Option<String> {
-    src.get(name).filter(|s| !s.is_empty())
-}
 
 fn wildcard(ipv6: bool, port: u16) -> SocketAddr {
     if ipv6 {
@@ -445,8 +327,7 @@ impl Config {
         let ca = match string(src, env::CA_ADDRESS) {
             Some(addr) => CaSource::Istio(control::control_address(env::CA_ADDRESS, &addr)?),
             None => CaSource::Local(
-                string(src, env::LOCAL_CA_DIR)
-                    .map(PathBuf::from)
+                path(src, env::LOCAL_CA_DIR)
                     .unwrap_or_else(|| PathBuf::from("./var/run/ztunnel/ca")),
             ),
         };
@@ -480,7 +361,7 @@ impl Config {
                 .unwrap_or_else(|| "Kubernetes".into()),
             trust_domain: string(src, env::TRUST_DOMAIN).unwrap_or_else(|| "cluster.local".into()),
             network: src.get(env::NETWORK).unwrap_or_default(),
-            local_xds_path: string(src, env::LOCAL_XDS_PATH).map(PathBuf::from),
+            local_xds_path: path(src, env::LOCAL_XDS_PATH),
             xds_address: string(src, env::XDS_ADDRESS)
                 .map(|addr| control::control_address(env::XDS_ADDRESS, &addr))
                 .transpose()?,
@@ -509,9 +390,7 @@ impl Config {
             },
             packet_mark: Some(var(src, env::PACKET_MARK, parse_u32)?.unwrap_or(1337)),
             inpod: InpodConfig {
-                uds: string(src, env::INPOD_UDS)
-                    .map(PathBuf::from)
-                    .unwrap_or_else(|| PathBuf::from(inpod::DEFAULT_UDS)),
+                uds: path(src, env::INPOD_UDS).unwrap_or_else(|| PathBuf::from(inpod::DEFAULT_UDS)),
                 port_reuse: var(src, env::INPOD_PORT_REUSE, parse_bool)?.unwrap_or(true),
                 ipv6,
             },
@@ -583,6 +462,8 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
 
     fn base() -> HashMap<&'static str, &'static str> {

@@ -3,12 +3,15 @@
 //! Parsing goes through [`Source`] so tests inject a map instead of mutating the process
 //! environment. Every bad value is an [`Error`] naming the variable, the value and why.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+use mesh_core::env::{absolute_path, socket_addr, string, var_trimmed};
 use serde::Serialize;
+
+// The parsing layer shared with the other binaries.
+pub use mesh_core::env::{EnvSource, Error, Source};
 
 /// Environment variable names.
 pub mod env {
@@ -67,57 +70,6 @@ pub const DEFAULT_BPF_PIN_DIR: &str = "/sys/fs/bpf/mesh-redirect";
 pub const DEFAULT_STATE_DIR: &str = "/var/run/mesh-agent";
 /// Default of [`env::READINESS_ADDR`].
 pub const DEFAULT_READINESS_ADDR: &str = "0.0.0.0:8000";
-
-/// Where configuration values come from.
-pub trait Source {
-    /// The value of `key`, if set.
-    fn get(&self, key: &str) -> Option<String>;
-}
-
-/// The process environment.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct EnvSource;
-
-impl Source for EnvSource {
-    fn get(&self, key: &str) -> Option<String> {
-        std::env::var(key).ok()
-    }
-}
-
-impl Source for HashMap<&str, &str> {
-    fn get(&self, key: &str) -> Option<String> {
-        HashMap::get(self, key).map(|v| v.to_string())
-    }
-}
-
-impl Source for HashMap<String, String> {
-    fn get(&self, key: &str) -> Option<String> {
-        HashMap::get(self, key).cloned()
-    }
-}
-
-/// A configuration error.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// A variable has a value that does not parse.
-    #[error("invalid value {value:?} for {var}: {reason}")]
-    InvalidVar {
-        /// The variable.
-        var: &'static str,
-        /// Its value.
-        value: String,
-        /// Why it is wrong.
-        reason: String,
-    },
-    /// A required variable is missing.
-    #[error("{var} is required{why}")]
-    Missing {
-        /// The variable.
-        var: &'static str,
-        /// When it is required (empty: always).
-        why: &'static str,
-    },
-}
 
 /// How pod traffic is redirected to the node proxy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -202,32 +154,6 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
-fn var<T>(
-    src: &dyn Source,
-    name: &'static str,
-    parse: impl FnOnce(&str) -> Result<T, String>,
-) -> Result<Option<T>, Error> {
-    match src.get(name) {
-        None => Ok(None),
-        Some(v) if v.trim().is_empty() => Ok(None),
-        Some(v) => parse(v.trim())
-            .map(Some)
-            .map_err(|reason| Error::InvalidVar {
-                var: name,
-                value: v,
-                reason,
-            }),
-    }
-}
-
-fn path(s: &str) -> Result<PathBuf, String> {
-    if s.starts_with('/') {
-        Ok(PathBuf::from(s))
-    } else {
-        Err("expected an absolute path".into())
-    }
-}
-
 /// The cgroup2 mount point: `/sys/fs/cgroup` when it is cgroup2 (unified layout), else
 /// `/sys/fs/cgroup/unified` (hybrid layout).
 pub fn detect_cgroup2() -> PathBuf {
@@ -252,15 +178,14 @@ impl Config {
         src: &dyn Source,
         detect_cgroup: impl FnOnce() -> PathBuf,
     ) -> Result<Config, Error> {
-        let node_name = var(src, env::NODE_NAME, |s| Ok(s.to_string()))?.ok_or(Error::Missing {
-            var: env::NODE_NAME,
-            why: "",
-        })?;
-        let in_cluster = src
-            .get(env::KUBERNETES_SERVICE_HOST)
-            .is_some_and(|v| !v.is_empty());
-        let local_dir = var(src, env::LOCAL_DIR, path)?;
-        let registry_kind = var(src, env::REGISTRY, |s| match s {
+        let node_name =
+            var_trimmed(src, env::NODE_NAME, |s| Ok(s.to_string()))?.ok_or(Error::Missing {
+                var: env::NODE_NAME,
+                why: "",
+            })?;
+        let in_cluster = string(src, env::KUBERNETES_SERVICE_HOST).is_some();
+        let local_dir = var_trimmed(src, env::LOCAL_DIR, absolute_path)?;
+        let registry_kind = var_trimmed(src, env::REGISTRY, |s| match s {
             "files" | "kubernetes" => Ok(s.to_string()),
             _ => Err("expected files or kubernetes".to_string()),
         })?
@@ -271,14 +196,11 @@ impl Config {
             Registry::Files {
                 dir: local_dir.ok_or(Error::Missing {
                     var: env::LOCAL_DIR,
-                    why: " with REGISTRY=files",
+                    why: "with REGISTRY=files",
                 })?,
             }
         };
-        let readiness_addr = var(src, env::READINESS_ADDR, |s| {
-            s.parse::<SocketAddr>()
-                .map_err(|e| format!("expected ip:port: {e}"))
-        })?;
+        let readiness_addr = var_trimmed(src, env::READINESS_ADDR, socket_addr)?;
         let readiness_addr = match readiness_addr {
             Some(a) => a,
             None => DEFAULT_READINESS_ADDR
@@ -289,32 +211,35 @@ impl Config {
                     reason: e.to_string(),
                 })?,
         };
-        let cgroup_path = match var(src, env::CGROUP_PATH, path)? {
+        let cgroup_path = match var_trimmed(src, env::CGROUP_PATH, absolute_path)? {
             Some(p) => p,
             None => detect_cgroup(),
         };
         Ok(Config {
             node_name,
-            redirect_mode: var(src, env::REDIRECT_MODE, RedirectMode::from_str)?
+            redirect_mode: var_trimmed(src, env::REDIRECT_MODE, RedirectMode::from_str)?
                 .unwrap_or(RedirectMode::Ebpf),
-            zds_socket: var(src, env::ZDS_SOCKET, path)?
+            zds_socket: var_trimmed(src, env::ZDS_SOCKET, absolute_path)?
                 .unwrap_or_else(|| DEFAULT_ZDS_SOCKET.into()),
-            cni_event_socket: var(src, env::CNI_EVENT_SOCKET, path)?
+            cni_event_socket: var_trimmed(src, env::CNI_EVENT_SOCKET, absolute_path)?
                 .unwrap_or_else(|| DEFAULT_CNI_EVENT_SOCKET.into()),
-            bpf_pin_dir: var(src, env::BPF_PIN_DIR, path)?
+            bpf_pin_dir: var_trimmed(src, env::BPF_PIN_DIR, absolute_path)?
                 .unwrap_or_else(|| DEFAULT_BPF_PIN_DIR.into()),
             cgroup_path,
             registry,
-            state_dir: var(src, env::STATE_DIR, path)?.unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
+            state_dir: var_trimmed(src, env::STATE_DIR, absolute_path)?
+                .unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
             readiness_addr,
-            rust_log: src.get(env::RUST_LOG).filter(|s| !s.is_empty()),
-            log_format: var(src, env::LOG_FORMAT, LogFormat::from_str)?.unwrap_or_default(),
+            rust_log: string(src, env::RUST_LOG),
+            log_format: var_trimmed(src, env::LOG_FORMAT, LogFormat::from_str)?.unwrap_or_default(),
         })
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
 
     fn parse(pairs: &[(&'static str, &'static str)]) -> Result<Config, Error> {

@@ -10,7 +10,9 @@ use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use serde::{Serialize, Serializer};
 
-use super::{Error, Source, env, string};
+use mesh_core::env::{Error, Source, string};
+
+use super::env;
 
 /// Default of `XDS_ROOT_CA` and `CA_ROOT_CA` (the istio-ca-root-cert config map's mount).
 pub const DEFAULT_ROOT_CA: &str = "./var/run/secrets/istio/root-cert.pem";

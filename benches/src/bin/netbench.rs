@@ -18,7 +18,9 @@ use mesh_benches::netbench::iperf::{self, IperfServer};
 use mesh_benches::netbench::report::Report;
 use mesh_benches::netbench::stats::LatencySummary;
 use mesh_benches::netbench::traffic::{self, EchoServer, RateResult};
-use mesh_benches::netbench::{chart, process_name, request_stop, rss_kib, stop_requested};
+use mesh_benches::netbench::{
+    chart, process_name, request_stop, rss_kib, rss_parts_kib, stop_requested,
+};
 use nix::sys::resource::{Resource, getrlimit, setrlimit};
 use serde_json::json;
 use ztunnel::test_helpers::netns::{
@@ -35,7 +37,9 @@ options:
   --workers <n>             concurrent client threads in connection-rate runs (default 4)
   --idle-connections <n>    open idle connections for the loaded RSS figure (default 10000)
   --out <dir>               where netbench.json and netbench.png go (default target/bench)
-  --no-chart                skip the PNG";
+  --no-chart                skip the PNG
+  --only <list>             run only these parts, comma-separated: memory, throughput,
+                            latency, rate (default: all; for quick A/B runs)";
 
 const ECHO_PORT: u16 = 8080;
 const IPERF_PORT: u16 = 5201;
@@ -43,6 +47,9 @@ const PAYLOAD: usize = 1024;
 /// Untimed round trips / connections before each timed run.
 const WARMUP_ROUND_TRIPS: usize = 1_000;
 const WARMUP_CONNECTIONS: usize = 50;
+/// Wait between the proxies releasing the closed connections' sockets and the
+/// after-close RSS reading.
+const AFTER_CLOSE_SETTLE: Duration = Duration::from_secs(1);
 /// How long the proxies may take to release 10,000 closed connections.
 const DRAIN_PATIENCE: Duration = Duration::from_secs(60);
 
@@ -55,7 +62,21 @@ struct Args {
     idle_connections: usize,
     out: PathBuf,
     chart: bool,
+    /// Parts to run (`None` = all).
+    only: Option<Vec<String>>,
 }
+
+impl Args {
+    /// Whether the part `name` (memory, throughput, latency, rate) runs.
+    fn runs(&self, name: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|parts| parts.iter().any(|p| p == name))
+    }
+}
+
+/// The parts `--only` accepts.
+const PARTS: [&str; 4] = ["memory", "throughput", "latency", "rate"];
 
 fn parse_args() -> anyhow::Result<Args> {
     let mut args = std::env::args().skip(1);
@@ -68,6 +89,7 @@ fn parse_args() -> anyhow::Result<Args> {
         idle_connections: 10_000,
         out: PathBuf::from("target/bench"),
         chart: true,
+        only: None,
     };
     let mut binary = None;
     while let Some(arg) = args.next() {
@@ -94,6 +116,13 @@ fn parse_args() -> anyhow::Result<Args> {
             "--idle-connections" => parsed.idle_connections = number(&arg, value(&arg)?)?,
             "--out" => parsed.out = PathBuf::from(value(&arg)?),
             "--no-chart" => parsed.chart = false,
+            "--only" => {
+                let parts: Vec<String> = value(&arg)?.split(',').map(str::to_owned).collect();
+                if let Some(bad) = parts.iter().find(|p| !PARTS.contains(&p.as_str())) {
+                    bail!("--only: unknown part {bad:?} (one of {PARTS:?})");
+                }
+                parsed.only = Some(parts);
+            }
             flag if flag.starts_with('-') => bail!("unknown option {flag}\n{USAGE}"),
             path if binary.is_none() => binary = Some(PathBuf::from(path)),
             extra => bail!("unexpected argument {extra:?}\n{USAGE}"),
@@ -260,6 +289,27 @@ fn raise_nofile(needed: u64) -> u64 {
     }
 }
 
+/// User + system CPU time of process `pid` (all threads) in clock ticks, from
+/// `/proc/<pid>/stat` (fields 14 and 15).
+fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name may hold spaces: fields are counted after its closing parenthesis.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .context("no ')' in /proc/<pid>/stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3 (state): utime is field 14, stime field 15.
+    let field = |n: usize| -> anyhow::Result<u64> {
+        fields
+            .get(n - 3)
+            .context("short /proc/<pid>/stat")?
+            .parse()
+            .with_context(|| format!("field {n} of /proc/{pid}/stat"))
+    };
+    Ok(field(14)? + field(15)?)
+}
+
 fn command_output(program: &str, args: &[&str]) -> String {
     Command::new(program)
         .args(args)
@@ -331,6 +381,7 @@ fn run() -> anyhow::Result<()> {
         "connections_per_rate_run": args.connections,
         "rate_workers": args.workers,
         "idle_connections_requested": args.idle_connections,
+        "only": args.only,
         "rlimit_nofile": nofile,
         "pool_defeated_by": "POOL_MAX_STREAMS_PER_CONNECTION=1 on the client proxy",
     })
@@ -367,152 +418,22 @@ fn measure(bed: &mut Bed, args: &Args, report: &mut Report) -> anyhow::Result<()
     let client_pid = proxy_pid(bed.client_proxy()?, &bed.ztunnel)?;
     let server_pid = proxy_pid(&bed.server_proxy, &bed.ztunnel)?;
 
-    println!("\n== proxy memory (RSS), idle and with open idle connections");
-    let rss = |pid| rss_kib(pid).with_context(|| format!("reading VmRSS of {pid}"));
-    let idle = (rss(client_pid)?, rss(server_pid)?);
-    report.absolute(
-        "rss_client_idle",
-        "client proxy RSS, idle (after start)",
-        "MiB",
-        mib(idle.0),
-    );
-    report.absolute(
-        "rss_server_idle",
-        "server proxy RSS, idle (after start)",
-        "MiB",
-        mib(idle.1),
-    );
-    let fds_before = (open_fds(client_pid), open_fds(server_pid));
-    let (open, error) =
-        traffic::open_idle(&bed.client, bed.mesh_echo.addr(), args.idle_connections);
-    let opened = open.len();
-    if let Some(err) = &error {
-        println!(
-            "  opened {opened} of {} idle connections; stopped at: {err}",
-            args.idle_connections
-        );
+    if args.runs("memory") {
+        measure_memory(bed, args, report, client_pid, server_pid)?;
     }
-    let loaded = (rss(client_pid)?, rss(server_pid)?);
-    let fds_loaded = (open_fds(client_pid), open_fds(server_pid));
-    let label = |side| format!("{side} proxy RSS, {opened} open connections");
-    report.absolute("rss_client_loaded", &label("client"), "MiB", mib(loaded.0));
-    report.absolute("rss_server_loaded", &label("server"), "MiB", mib(loaded.1));
-    if opened > 0 {
-        let per_conn = |a: u64, b: u64| (a.saturating_sub(b) as f64 * 1024.0) / opened as f64;
-        println!(
-            "  per open connection: client proxy {:.1} KiB, server proxy {:.1} KiB",
-            per_conn(loaded.0, idle.0) / 1024.0,
-            per_conn(loaded.1, idle.1) / 1024.0
-        );
+    if args.runs("throughput") {
+        measure_throughput(bed, args, report)?;
     }
-    drop(open);
-    check_stop()?;
-    // Wait (bounded) until both proxies closed their side of every connection.
-    let drained = eventually(DRAIN_PATIENCE, || {
-        open_fds(client_pid) <= fds_before.0 + 16 && open_fds(server_pid) <= fds_before.1 + 16
-    });
-    let after = (rss(client_pid)?, rss(server_pid)?);
-    report.absolute(
-        "rss_client_after_close",
-        "client proxy RSS, after closing them",
-        "MiB",
-        mib(after.0),
-    );
-    report.absolute(
-        "rss_server_after_close",
-        "server proxy RSS, after closing them",
-        "MiB",
-        mib(after.1),
-    );
-    report.detail(
-        "idle_connections",
-        json!({
-            "requested": args.idle_connections,
-            "opened": opened,
-            "stopped_by": error.map(|e| e.to_string()),
-            "rss_kib": { "idle": [idle.0, idle.1], "loaded": [loaded.0, loaded.1], "after_close": [after.0, after.1] },
-            "open_fds": { "before": [fds_before.0, fds_before.1], "loaded": [fds_loaded.0, fds_loaded.1] },
-            "released_within_patience": drained,
-            "order": ["client proxy", "server proxy"],
-        }),
-    );
-
-    println!(
-        "\n== bulk throughput (iperf3, {} s per run, first second omitted)",
-        args.duration.as_secs()
-    );
-    let mut runs = Vec::new();
-    for streams in [1u32, 8] {
-        check_stop()?;
-        let direct = iperf::run_client(
-            &bed.direct_client,
-            bed.direct_server.addr(IPERF_PORT),
-            streams,
-            args.duration,
-        )?;
-        check_stop()?;
-        let mesh = iperf::run_client(
-            &bed.client,
-            bed.server.addr(IPERF_PORT),
-            streams,
-            args.duration,
-        )?;
-        let plural = if streams == 1 { "" } else { "s" };
-        report.compare(
-            &format!("throughput_{streams}conn"),
-            &format!("bulk throughput, {streams} connection{plural}"),
-            "Gbit/s",
-            direct.gbps(),
-            mesh.gbps(),
-        );
-        runs.push(json!({ "streams": streams, "direct": direct, "mesh": mesh }));
+    if args.runs("latency") {
+        measure_latency(bed, args, report)?;
     }
-    report.detail("throughput", runs);
+    if args.runs("rate") {
+        measure_rate(bed, args, report)?;
+    }
+    Ok(())
+}
 
-    println!(
-        "\n== 1 KiB request/response on one open connection ({} round trips)",
-        args.round_trips
-    );
-    check_stop()?;
-    let mut direct = traffic::round_trips(
-        &bed.direct_client,
-        bed.direct_echo.addr(),
-        PAYLOAD,
-        WARMUP_ROUND_TRIPS,
-        args.round_trips,
-    )
-    .context("direct round trips")?;
-    check_stop()?;
-    let mut mesh = traffic::round_trips(
-        &bed.client,
-        bed.mesh_echo.addr(),
-        PAYLOAD,
-        WARMUP_ROUND_TRIPS,
-        args.round_trips,
-    )
-    .context("round trips through the proxies")?;
-    let (Some(direct), Some(mesh)) = (
-        LatencySummary::of(&mut direct),
-        LatencySummary::of(&mut mesh),
-    ) else {
-        bail!("no latency samples");
-    };
-    report.compare(
-        "latency_p50",
-        "1 KiB round trip, p50",
-        "µs",
-        direct.p50_us,
-        mesh.p50_us,
-    );
-    report.compare(
-        "latency_p99",
-        "1 KiB round trip, p99",
-        "µs",
-        direct.p99_us,
-        mesh.p99_us,
-    );
-    report.detail("latency", json!({ "direct": direct, "mesh": mesh }));
-
+fn measure_rate(bed: &mut Bed, args: &Args, report: &mut Report) -> anyhow::Result<()> {
     println!(
         "\n== new connections (connect, 1-byte echo, close; {} per run, {} client threads)",
         args.connections, args.workers
@@ -585,5 +506,206 @@ fn measure(bed: &mut Bed, args: &Args, report: &mut Report) -> anyhow::Result<()
                           "how": "client proxy restarted with POOL_MAX_STREAMS_PER_CONNECTION=1: every stream fills its connection, which leaves the pool and closes when the stream ends" },
         }),
     );
+    Ok(())
+}
+
+fn measure_memory(
+    bed: &Bed,
+    args: &Args,
+    report: &mut Report,
+    client_pid: u32,
+    server_pid: u32,
+) -> anyhow::Result<()> {
+    println!("\n== proxy memory (RSS), idle and with open idle connections");
+    let rss = |pid| rss_kib(pid).with_context(|| format!("reading VmRSS of {pid}"));
+    let idle = (rss(client_pid)?, rss(server_pid)?);
+    let parts = |pid| rss_parts_kib(pid).with_context(|| format!("reading the RSS of {pid}"));
+    let idle_parts = (parts(client_pid)?, parts(server_pid)?);
+    println!(
+        "  idle RSS parts (anon/file/shmem KiB): client {:?}, server {:?}",
+        idle_parts.0, idle_parts.1
+    );
+    report.absolute(
+        "rss_client_idle",
+        "client proxy RSS, idle (after start)",
+        "MiB",
+        mib(idle.0),
+    );
+    report.absolute(
+        "rss_server_idle",
+        "server proxy RSS, idle (after start)",
+        "MiB",
+        mib(idle.1),
+    );
+    let fds_before = (open_fds(client_pid), open_fds(server_pid));
+    let (open, error) =
+        traffic::open_idle(&bed.client, bed.mesh_echo.addr(), args.idle_connections);
+    let opened = open.len();
+    if let Some(err) = &error {
+        println!(
+            "  opened {opened} of {} idle connections; stopped at: {err}",
+            args.idle_connections
+        );
+    }
+    let loaded = (rss(client_pid)?, rss(server_pid)?);
+    let fds_loaded = (open_fds(client_pid), open_fds(server_pid));
+    let label = |side| format!("{side} proxy RSS, {opened} open connections");
+    report.absolute("rss_client_loaded", &label("client"), "MiB", mib(loaded.0));
+    report.absolute("rss_server_loaded", &label("server"), "MiB", mib(loaded.1));
+    if opened > 0 {
+        let per_conn = |a: u64, b: u64| (a.saturating_sub(b) as f64 * 1024.0) / opened as f64;
+        println!(
+            "  per open connection: client proxy {:.1} KiB, server proxy {:.1} KiB",
+            per_conn(loaded.0, idle.0) / 1024.0,
+            per_conn(loaded.1, idle.1) / 1024.0
+        );
+    }
+    drop(open);
+    check_stop()?;
+    // Wait (bounded) until both proxies closed their side of every connection.
+    let drained = eventually(DRAIN_PATIENCE, || {
+        open_fds(client_pid) <= fds_before.0 + 16 && open_fds(server_pid) <= fds_before.1 + 16
+    });
+    // Freed memory goes back to the OS a moment after the sockets close (allocator trims
+    // run shortly after a wave of closes): measure once that moment passed.
+    std::thread::sleep(AFTER_CLOSE_SETTLE);
+    let after = (rss(client_pid)?, rss(server_pid)?);
+    report.absolute(
+        "rss_client_after_close",
+        "client proxy RSS, after closing them",
+        "MiB",
+        mib(after.0),
+    );
+    report.absolute(
+        "rss_server_after_close",
+        "server proxy RSS, after closing them",
+        "MiB",
+        mib(after.1),
+    );
+    report.detail(
+        "idle_connections",
+        json!({
+            "requested": args.idle_connections,
+            "opened": opened,
+            "stopped_by": error.map(|e| e.to_string()),
+            "rss_idle_parts_kib": { "fields": ["RssAnon", "RssFile", "RssShmem"], "client": idle_parts.0, "server": idle_parts.1 },
+            "rss_kib": { "idle": [idle.0, idle.1], "loaded": [loaded.0, loaded.1], "after_close": [after.0, after.1] },
+            "open_fds": { "before": [fds_before.0, fds_before.1], "loaded": [fds_loaded.0, fds_loaded.1] },
+            "released_within_patience": drained,
+            "order": ["client proxy", "server proxy"],
+        }),
+    );
+
+    Ok(())
+}
+
+fn measure_throughput(bed: &Bed, args: &Args, report: &mut Report) -> anyhow::Result<()> {
+    println!(
+        "\n== bulk throughput (iperf3, {} s per run, first second omitted)",
+        args.duration.as_secs()
+    );
+    let pids = [
+        proxy_pid(bed.client_proxy()?, &bed.ztunnel)?,
+        proxy_pid(&bed.server_proxy, &bed.ztunnel)?,
+    ];
+    let ticks_per_second: f64 = command_output("getconf", &["CLK_TCK"])
+        .parse()
+        .unwrap_or(100.0);
+    let proxy_cpu_seconds = || -> anyhow::Result<f64> {
+        let mut ticks = 0;
+        for pid in pids {
+            ticks += cpu_ticks(pid).with_context(|| format!("reading the CPU time of {pid}"))?;
+        }
+        Ok(ticks as f64 / ticks_per_second)
+    };
+    let mut runs = Vec::new();
+    for streams in [1u32, 8] {
+        check_stop()?;
+        let direct = iperf::run_client(
+            &bed.direct_client,
+            bed.direct_server.addr(IPERF_PORT),
+            streams,
+            args.duration,
+        )?;
+        check_stop()?;
+        let cpu_before = proxy_cpu_seconds()?;
+        let mesh = iperf::run_client(
+            &bed.client,
+            bed.server.addr(IPERF_PORT),
+            streams,
+            args.duration,
+        )?;
+        let cpu = proxy_cpu_seconds()? - cpu_before;
+        let plural = if streams == 1 { "" } else { "s" };
+        report.compare(
+            &format!("throughput_{streams}conn"),
+            &format!("bulk throughput, {streams} connection{plural}"),
+            "Gbit/s",
+            direct.gbps(),
+            mesh.gbps(),
+        );
+        // CPU both proxies spent on the whole mesh run (the omitted first second too) per
+        // GB counted by iperf3: a cost per byte that the machine's other load barely moves.
+        let gigabytes = mesh.received_bps * mesh.seconds / 8e9;
+        if gigabytes > 0.0 {
+            report.absolute(
+                &format!("proxy_cpu_{streams}conn"),
+                &format!("proxies' CPU per GB, {streams} connection{plural}"),
+                "CPU-s/GB",
+                cpu / gigabytes,
+            );
+        }
+        runs.push(json!({ "streams": streams, "direct": direct, "mesh": mesh }));
+    }
+    report.detail("throughput", runs);
+
+    Ok(())
+}
+
+fn measure_latency(bed: &Bed, args: &Args, report: &mut Report) -> anyhow::Result<()> {
+    println!(
+        "\n== 1 KiB request/response on one open connection ({} round trips)",
+        args.round_trips
+    );
+    check_stop()?;
+    let mut direct = traffic::round_trips(
+        &bed.direct_client,
+        bed.direct_echo.addr(),
+        PAYLOAD,
+        WARMUP_ROUND_TRIPS,
+        args.round_trips,
+    )
+    .context("direct round trips")?;
+    check_stop()?;
+    let mut mesh = traffic::round_trips(
+        &bed.client,
+        bed.mesh_echo.addr(),
+        PAYLOAD,
+        WARMUP_ROUND_TRIPS,
+        args.round_trips,
+    )
+    .context("round trips through the proxies")?;
+    let (Some(direct), Some(mesh)) = (
+        LatencySummary::of(&mut direct),
+        LatencySummary::of(&mut mesh),
+    ) else {
+        bail!("no latency samples");
+    };
+    report.compare(
+        "latency_p50",
+        "1 KiB round trip, p50",
+        "µs",
+        direct.p50_us,
+        mesh.p50_us,
+    );
+    report.compare(
+        "latency_p99",
+        "1 KiB round trip, p99",
+        "µs",
+        direct.p99_us,
+        mesh.p99_us,
+    );
+    report.detail("latency", json!({ "direct": direct, "mesh": mesh }));
+
     Ok(())
 }

@@ -36,6 +36,20 @@ pub fn rss_kib(pid: u32) -> std::io::Result<u64> {
         .ok_or_else(|| std::io::Error::other(format!("no VmRSS in /proc/{pid}/status")))
 }
 
+/// The parts of `pid`'s RSS in KiB: `[RssAnon, RssFile, RssShmem]` from
+/// `/proc/<pid>/status` (heap and stacks; mapped code and libraries; shared memory).
+pub fn rss_parts_kib(pid: u32) -> std::io::Result<[u64; 3]> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("no {name} in /proc/{pid}/status")))
+    };
+    Ok([field("RssAnon:")?, field("RssFile:")?, field("RssShmem:")?])
+}
+
 /// The process name of `pid` (`/proc/<pid>/comm`).
 pub fn process_name(pid: u32) -> std::io::Result<String> {
     Ok(std::fs::read_to_string(format!("/proc/{pid}/comm"))?

@@ -10,6 +10,9 @@ use tracing::info;
 use crate::rbac::RbacConnection;
 use crate::state::StateStore;
 
+/// The live-connection table is shrunk only above this capacity.
+const SHRINK_ABOVE: usize = 1024;
+
 #[derive(Debug)]
 struct Tracked {
     conn: RbacConnection,
@@ -38,6 +41,12 @@ impl Drop for ConnectionGuard {
     fn drop(&mut self) {
         if let Ok(mut live) = self.manager.live.lock() {
             live.remove(&self.id);
+            // After a wave of connections closed, give the table's memory back (a map
+            // never shrinks by itself; 10,000 entries keep ~4 MiB).
+            if live.capacity() > SHRINK_ABOVE && live.len() < live.capacity() / 8 {
+                let keep = live.len() * 2;
+                live.shrink_to(keep);
+            }
         }
     }
 }

@@ -57,7 +57,7 @@ impl InboundHbone {
         let config = self.inputs.server_config(&cert)?;
         // A client that stalls mid-handshake must neither hold a task forever nor delay a
         // drain: bound the handshake and abandon it when we stop accepting.
-        let handshake = TlsAcceptor::from(config).accept(stream);
+        let handshake = TlsAcceptor::from(config).accept(super::tls_transport(stream));
         let tls = tokio::select! {
             res = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake) => match res {
                 Ok(res) => res.map_err(|source| ProxyError::TlsHandshake { peer, source })?,
@@ -210,9 +210,10 @@ async fn handle_connect(
             return;
         }
     };
-    let res = copy::bidirectional_counted(
-        &mut tunnel,
+    let res = copy::tunnel_counted(
         &mut upstream,
+        &mut tunnel,
+        copy::TunnelSide::Upstream,
         Some(&guard.revoked),
         metrics.bytes(),
     )

@@ -6,6 +6,7 @@ pub mod error;
 pub mod hbone;
 pub mod inbound;
 pub mod listener;
+pub mod memory;
 pub mod outbound;
 pub mod pool;
 pub mod socks5;
@@ -272,12 +273,25 @@ impl Connector for TlsHboneConnector {
                     setup(stage, e.to_string())
                 })?;
             let tls = TlsConnector::from(config)
-                .connect(tls::server_name(), tcp)
+                .connect(tls::server_name(), tls_transport(tcp))
                 .await
                 .map_err(|e| setup(SetupStage::TlsHandshake, e.to_string()))?;
             hbone::handshake(tls, &self.h2).await
         })
     }
+}
+
+/// Read buffer under TLS on HBONE connections. rustls reads the socket at most 4 KiB at a
+/// time; with this buffer one `recv` takes up to 64 KiB (several TLS records), which cuts
+/// the read syscalls on a busy tunnel by about four. One per HBONE connection (pooled and
+/// shared by many streams), not per proxied connection.
+const TLS_READ_BUFFER: usize = 64 * 1024;
+
+/// The transport under TLS for an HBONE connection: the socket with [`TLS_READ_BUFFER`].
+pub(crate) fn tls_transport(
+    tcp: tokio::net::TcpStream,
+) -> tokio::io::BufReader<tokio::net::TcpStream> {
+    tokio::io::BufReader::with_capacity(TLS_READ_BUFFER, tcp)
 }
 
 /// Whether source-IP spoofing is on, given the config and what the process may do.

@@ -285,9 +285,15 @@ impl ProxyInputs {
                     .send_request(&key, req)
                     .await
                     .map_err(|e| (ProxyError::Hbone(e), Some(dst)))?;
-                let bytes = copy::bidirectional_counted(&mut stream, &mut tunnel, None, counters)
-                    .await
-                    .map_err(|e| (e, Some(dst)))?;
+                let bytes = copy::tunnel_counted(
+                    &mut stream,
+                    &mut tunnel,
+                    copy::TunnelSide::Downstream,
+                    None,
+                    counters,
+                )
+                .await
+                .map_err(|e| (e, Some(dst)))?;
                 Ok(Completed {
                     dst,
                     hbone_addr: Some(target),

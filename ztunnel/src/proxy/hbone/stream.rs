@@ -118,21 +118,7 @@ impl AsyncWrite for H2Stream {
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        // Total requested capacity, on top of what is already buffered.
-        this.send.reserve_capacity(buf.len());
-        let capacity = loop {
-            let capacity = this.send.capacity();
-            if capacity > 0 {
-                break capacity;
-            }
-            match ready!(this.send.poll_capacity(cx)) {
-                Some(Ok(_)) => continue,
-                Some(Err(error)) => return Poll::Ready(Err(to_io_error(error))),
-                // The send side is closed: the peer reset the stream.
-                None => return Poll::Ready(Err(this.send_closed_error(cx))),
-            }
-        };
-        let n = capacity.min(buf.len());
+        let n = ready!(this.poll_send_capacity(cx, buf.len()))?;
         this.send
             .send_data(Bytes::copy_from_slice(&buf[..n]), false)
             .map_err(to_io_error)?;
@@ -159,6 +145,73 @@ impl AsyncWrite for H2Stream {
 }
 
 impl H2Stream {
+    /// Waits for send capacity (flow-control window) for up to `wanted` bytes and returns
+    /// how many bytes may be sent now (at least 1). `wanted` must be non-zero.
+    fn poll_send_capacity(
+        &mut self,
+        cx: &mut Context<'_>,
+        wanted: usize,
+    ) -> Poll<io::Result<usize>> {
+        if self.write_closed {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "write after HBONE stream shutdown",
+            )));
+        }
+        // Total requested capacity, on top of what is already buffered.
+        self.send.reserve_capacity(wanted);
+        loop {
+            let capacity = self.send.capacity();
+            if capacity > 0 {
+                return Poll::Ready(Ok(capacity.min(wanted)));
+            }
+            match ready!(self.send.poll_capacity(cx)) {
+                Some(Ok(_)) => continue,
+                Some(Err(error)) => return Poll::Ready(Err(to_io_error(error))),
+                // The send side is closed: the peer reset the stream.
+                None => return Poll::Ready(Err(self.send_closed_error(cx))),
+            }
+        }
+    }
+
+    /// Sends the front of `data` as DATA, as much as the window allows, without copying
+    /// (the frame shares `data`'s buffer); `data` keeps the unsent rest. Returns the
+    /// number of bytes sent (0 only when `data` is empty).
+    pub(crate) fn poll_send_bytes(
+        &mut self,
+        cx: &mut Context<'_>,
+        data: &mut Bytes,
+    ) -> Poll<io::Result<usize>> {
+        if data.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let n = ready!(self.poll_send_capacity(cx, data.len()))?;
+        let chunk = data.split_to(n);
+        self.send.send_data(chunk, false).map_err(to_io_error)?;
+        Poll::Ready(Ok(n))
+    }
+
+    /// The unread bytes of the current DATA frame, waiting for the next frame when none
+    /// are left; empty at EOF. Call [`Self::consume`] with what was used.
+    pub(crate) fn poll_peek(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<&[u8]>> {
+        if self.pending.is_empty() && !self.read_eof && !ready!(self.poll_next_frame(cx))? {
+            self.read_eof = true;
+        }
+        Poll::Ready(Ok(&self.pending[..]))
+    }
+
+    /// Marks `n` bytes of [`Self::poll_peek`]'s slice as used and returns their
+    /// flow-control window to the peer.
+    pub(crate) fn consume(&mut self, n: usize) {
+        let n = n.min(self.pending.len());
+        self.pending.advance(n);
+        // h2 batches the WINDOW_UPDATE frames. It only fails when releasing more than was
+        // received.
+        if let Err(error) = self.recv.flow_control().release_capacity(n) {
+            tracing::debug!(%error, "failed to release flow-control capacity");
+        }
+    }
+
     fn send_closed_error(&mut self, cx: &mut Context<'_>) -> io::Error {
         match self.send.poll_reset(cx) {
             Poll::Ready(Ok(reason)) => io::Error::new(
